@@ -1,0 +1,394 @@
+/**
+ * An in-memory etcd behind the {@linkcode EtcdClient} interface, for fast,
+ * deterministic unit tests. It keeps etcd's semantics where this module relies
+ * on them: one global revision, a history that watches replay from any
+ * uncompacted revision, leases that expire by an injectable clock and delete
+ * their keys in one revision, compaction, and per-client connection loss.
+ *
+ * @module
+ */
+import { Queue } from "../_queue.ts";
+import {
+  CompactedError,
+  type EtcdClient,
+  type KeyValue,
+  LeaseNotFoundError,
+  type RangeResult,
+  type WatchBatch,
+  type WatchEvent,
+  type WatchOptions,
+} from "./client.ts";
+
+/** The timers a {@linkcode MemoryEtcd} uses for lease expiry. Defaults to the global ones. */
+export interface Clock {
+  /** The current time in ms. */
+  now(): number;
+  /** Schedules `fn` after `ms`. */
+  setTimeout(fn: () => void, ms: number): unknown;
+  /** Cancels a scheduled call. */
+  clearTimeout(id: unknown): void;
+}
+
+interface Lease {
+  readonly id: string;
+  readonly ttl: number;
+  deadline: number;
+  timer: unknown;
+  readonly keys: Set<string>;
+}
+
+interface Watcher {
+  readonly prefix: string;
+  readonly exact: boolean;
+  readonly queue: Queue<WatchBatch>;
+  readonly client: MemoryClient;
+}
+
+interface Entry {
+  readonly revision: number;
+  readonly event: WatchEvent;
+}
+
+/** The error every call of a disconnected {@linkcode MemoryClient} rejects with. */
+export class UnavailableError extends Error {
+  constructor() {
+    super("memory etcd: connection lost (client disconnected)");
+    this.name = "UnavailableError";
+  }
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * An in-memory etcd server. Several clients made with {@linkcode MemoryEtcd.client}
+ * share its state, as processes share one etcd cluster.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { MemoryEtcd } from "@seed/grpc-etcd/testing";
+ * await using etcd = new MemoryEtcd();
+ * await using a = etcd.client();
+ * await using b = etcd.client();
+ * await a.put("k", "v");
+ * assert.equal((await b.get("k")).kvs.length, 1);
+ * ```
+ */
+export class MemoryEtcd implements AsyncDisposable {
+  #revision = 1;
+  #compacted = 0;
+  #nextLease = 1;
+  readonly #store = new Map<string, KeyValue>();
+  readonly #leases = new Map<string, Lease>();
+  readonly #history: Entry[] = [];
+  readonly #watchers = new Set<Watcher>();
+  readonly #clients = new Set<MemoryClient>();
+  readonly #clock: Clock;
+
+  /** @param options the clock that drives lease expiry */
+  constructor(options: { clock?: Clock } = {}) {
+    this.#clock = options.clock ?? {
+      now: () => Date.now(),
+      setTimeout: (fn, ms) => setTimeout(fn, ms),
+      clearTimeout: (id) => clearTimeout(id as number),
+    };
+  }
+
+  /** The current store revision. */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** Counts of what is held open: watches, leases, and connected clients. */
+  stats(): { watches: number; leases: number; clients: number } {
+    return { watches: this.#watchers.size, leases: this.#leases.size, clients: this.#clients.size };
+  }
+
+  /**
+   * Makes a new client connection to this server.
+   *
+   * @returns the client; closing it does not stop the server
+   */
+  client(): MemoryClient {
+    return this._attach(new MemoryClient(this, false));
+  }
+
+  /**
+   * Discards the history up to `revision` (default: the current one). Watches
+   * asked for from a compacted revision fail with {@linkcode CompactedError}.
+   *
+   * @param revision the revision to compact up to
+   */
+  compact(revision: number = this.#revision): void {
+    if (revision > this.#revision) {
+      throw new RangeError(`revision ${revision} is in the future (current ${this.#revision})`);
+    }
+    this.#compacted = Math.max(this.#compacted, revision);
+    let drop = 0;
+    while (drop < this.#history.length && this.#history[drop]!.revision <= revision) drop++;
+    this.#history.splice(0, drop);
+  }
+
+  /** Stops every lease timer and ends every client's watches. */
+  close(): Promise<void> {
+    for (const lease of this.#leases.values()) this.#clock.clearTimeout(lease.timer);
+    this.#leases.clear();
+    for (const client of [...this.#clients]) client._drop(new UnavailableError(), true);
+    return Promise.resolve();
+  }
+
+  /** Same as {@linkcode MemoryEtcd.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // ---- server operations, called by MemoryClient ----
+
+  _attach(client: MemoryClient): MemoryClient {
+    this.#clients.add(client);
+    return client;
+  }
+
+  _forget(client: MemoryClient): void {
+    this.#clients.delete(client);
+  }
+
+  _range(start: string, prefix: boolean): RangeResult {
+    const kvs = [...this.#store.values()]
+      .filter((kv) => prefix ? kv.key.startsWith(start) : kv.key === start)
+      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    return { revision: this.#revision, kvs };
+  }
+
+  _put(key: string, value: string, lease = "0"): number {
+    const holder = lease === "0" ? undefined : this.#leases.get(lease);
+    if (lease !== "0" && !holder) throw new LeaseNotFoundError(lease);
+    const old = this.#store.get(key);
+    if (old && old.lease !== "0") this.#leases.get(old.lease)?.keys.delete(key);
+    const revision = ++this.#revision;
+    const kv: KeyValue = { key, value: encoder.encode(value), modRevision: revision, lease };
+    this.#store.set(key, kv);
+    holder?.keys.add(key);
+    this.#commit(revision, [{ type: "put", kv }]);
+    return revision;
+  }
+
+  _delete(keys: Iterable<string>): number {
+    const present = [...keys].filter((key) => this.#store.has(key));
+    if (present.length === 0) return this.#revision;
+    const revision = ++this.#revision;
+    const events: WatchEvent[] = [];
+    for (const key of present) {
+      const kv = this.#store.get(key)!;
+      if (kv.lease !== "0") this.#leases.get(kv.lease)?.keys.delete(key);
+      this.#store.delete(key);
+      events.push({ type: "delete", key, modRevision: revision });
+    }
+    this.#commit(revision, events);
+    return revision;
+  }
+
+  _grant(ttl: number): string {
+    const id = String(this.#nextLease++);
+    const lease: Lease = { id, ttl, deadline: 0, timer: undefined, keys: new Set() };
+    this.#leases.set(id, lease);
+    this.#arm(lease);
+    return id;
+  }
+
+  _keepAlive(id: string): number {
+    const lease = this.#leases.get(id);
+    if (!lease) return 0;
+    this.#arm(lease);
+    return lease.ttl;
+  }
+
+  _revoke(id: string): void {
+    const lease = this.#leases.get(id);
+    if (!lease) return;
+    this.#clock.clearTimeout(lease.timer);
+    this.#leases.delete(id);
+    this._delete(lease.keys);
+  }
+
+  _watch(client: MemoryClient, prefix: string, startRevision: number, exact: boolean): Watcher {
+    if (startRevision > 0 && startRevision <= this.#compacted) {
+      throw new CompactedError(this.#compacted);
+    }
+    const watcher: Watcher = { prefix, exact, queue: new Queue(), client };
+    watcher.queue.push({ revision: this.#revision, events: [] });
+    const from = startRevision > 0 ? startRevision : this.#revision + 1;
+    const replay = this.#history
+      .filter((entry) => entry.revision >= from && this.#matches(entry.event, watcher))
+      .map((entry) => entry.event);
+    if (replay.length > 0) watcher.queue.push({ revision: this.#revision, events: replay });
+    this.#watchers.add(watcher);
+    return watcher;
+  }
+
+  _unwatch(watcher: Watcher): void {
+    this.#watchers.delete(watcher);
+  }
+
+  #arm(lease: Lease): void {
+    this.#clock.clearTimeout(lease.timer);
+    lease.deadline = this.#clock.now() + lease.ttl * 1000;
+    lease.timer = this.#clock.setTimeout(() => this._revoke(lease.id), lease.ttl * 1000);
+  }
+
+  #matches(event: WatchEvent, watcher: Watcher): boolean {
+    const key = event.type === "put" ? event.kv.key : event.key;
+    return watcher.exact ? key === watcher.prefix : key.startsWith(watcher.prefix);
+  }
+
+  #commit(revision: number, events: WatchEvent[]): void {
+    for (const event of events) this.#history.push({ revision, event });
+    for (const watcher of this.#watchers) {
+      const mine = events.filter((event) => this.#matches(event, watcher));
+      if (mine.length > 0) watcher.queue.push({ revision, events: mine });
+    }
+  }
+}
+
+/**
+ * One client connection to a {@linkcode MemoryEtcd}. `disconnect()` makes every
+ * call reject and every watch fail until `reconnect()`, as a network partition
+ * between this client and etcd would; the server and other clients carry on.
+ */
+export class MemoryClient implements EtcdClient {
+  readonly hosts: readonly string[] = ["memory"];
+  readonly #server: MemoryEtcd;
+  readonly #ownsServer: boolean;
+  readonly #watchers = new Set<Watcher>();
+  #connected = true;
+  #closed = false;
+
+  /**
+   * @param server the server this client talks to
+   * @param ownsServer whether closing the client also closes the server
+   */
+  constructor(server: MemoryEtcd, ownsServer: boolean) {
+    this.#server = server;
+    this.#ownsServer = ownsServer;
+  }
+
+  /** The server this client talks to. */
+  get server(): MemoryEtcd {
+    return this.#server;
+  }
+
+  /** Cuts this client off: calls reject, open watches fail. */
+  disconnect(): void {
+    this._drop(new UnavailableError(), false);
+  }
+
+  /** Lets this client reach the server again. */
+  reconnect(): void {
+    if (!this.#closed) this.#connected = true;
+  }
+
+  _drop(error: Error, close: boolean): void {
+    this.#connected = false;
+    if (close) {
+      this.#closed = true;
+      this.#server._forget(this);
+    }
+    for (const watcher of this.#watchers) {
+      this.#server._unwatch(watcher);
+      watcher.queue.fail(error);
+    }
+    this.#watchers.clear();
+  }
+
+  #call<T>(fn: () => T): Promise<T> {
+    if (this.#closed) return Promise.reject(new Error("memory etcd: client is closed"));
+    if (!this.#connected) return Promise.reject(new UnavailableError());
+    try {
+      return Promise.resolve(fn());
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  getPrefix(prefix: string): Promise<RangeResult> {
+    if (prefix === "") return Promise.reject(new TypeError("prefix must not be empty"));
+    return this.#call(() => this.#server._range(prefix, true));
+  }
+
+  get(key: string): Promise<RangeResult> {
+    return this.#call(() => this.#server._range(key, false));
+  }
+
+  put(key: string, value: string, lease?: string): Promise<number> {
+    return this.#call(() => this.#server._put(key, value, lease));
+  }
+
+  delete(key: string): Promise<number> {
+    return this.#call(() => this.#server._delete([key]));
+  }
+
+  grantLease(ttl: number): Promise<string> {
+    return this.#call(() => this.#server._grant(ttl));
+  }
+
+  keepAlive(lease: string): Promise<number> {
+    return this.#call(() => this.#server._keepAlive(lease));
+  }
+
+  revokeLease(lease: string): Promise<void> {
+    return this.#call(() => this.#server._revoke(lease));
+  }
+
+  async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
+    const { startRevision, signal, exact = false } = options;
+    if (signal?.aborted) return;
+    await this.#call(() => undefined);
+    const watcher = this.#server._watch(this, prefix, startRevision, exact);
+    this.#watchers.add(watcher);
+    const stop = () => watcher.queue.end();
+    signal?.addEventListener("abort", stop, { once: true });
+    try {
+      yield* watcher.queue;
+    } finally {
+      signal?.removeEventListener("abort", stop);
+      this.#watchers.delete(watcher);
+      this.#server._unwatch(watcher);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this._drop(new Error("memory etcd: client is closed"), true);
+    if (this.#ownsServer) await this.#server.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * A client of a new, private in-memory etcd. Closing the client stops the
+ * server. For several clients on one server, use `new MemoryEtcd().client()`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { register, resolve } from "@seed/grpc-etcd";
+ * import { memoryClient } from "@seed/grpc-etcd/testing";
+ *
+ * await using client = memoryClient();
+ * await using _reg = await register(client, "svc/echo", { addr: "127.0.0.1:50051" });
+ * for await (const batch of resolve(client, "svc/echo")) {
+ *   assert.deepEqual(batch.map((u) => u.op), ["add"]);
+ *   break;
+ * }
+ * ```
+ *
+ * @param options the clock that drives lease expiry (default: the global timers)
+ * @returns the client, which also exposes its server as `client.server`
+ */
+export function memoryClient(options: { clock?: Clock } = {}): MemoryClient {
+  const server = new MemoryEtcd(options);
+  return server._attach(new MemoryClient(server, true));
+}
