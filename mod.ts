@@ -55,7 +55,7 @@ export {
   type WatchEvent,
   type WatchOptions,
 } from "./src/etcd/client.ts";
-export { connect, type ConnectOptions, type Pem } from "./src/etcd/etcd3.ts";
+export { connect, type ConnectOptions, type Etcd3Instance, type Pem } from "./src/etcd/etcd3.ts";
 export {
   register,
   type RegisterOptions,

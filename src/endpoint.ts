@@ -29,6 +29,8 @@ export class EndpointDecodeError extends Error {
   /** The etcd key whose value could not be decoded. */
   readonly key: string;
   /**
+   * Creates the error for one skipped key.
+   *
    * @param key the etcd key holding the bad value
    * @param reason what is wrong with the value
    */

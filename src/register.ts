@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { sleep } from "./_queue.ts";
+import { abortable, asError, sleep } from "./_async.ts";
 import { backoff } from "./backoff.ts";
 import { checkEndpoint, checkService, encodeEndpoint, type Endpoint } from "./endpoint.ts";
 import { CompactedError, type EtcdClient, LeaseNotFoundError } from "./etcd/client.ts";
@@ -44,19 +44,6 @@ export interface Registration extends AsyncDisposable {
 }
 
 const BACKOFF = { initial: 200, max: 3000 } as const;
-
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
-}
-
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
 
 class RegistrationImpl implements Registration {
   readonly key: string;
@@ -245,9 +232,11 @@ class RegistrationImpl implements Registration {
             }
           }
         }
-      } catch (error) {
+      } catch (thrown) {
+        let error = thrown;
         if (signal.aborted) break;
         if (error instanceof CompactedError) {
+          // History is gone: read the key now and watch on from there.
           try {
             const current = await abortable(this.#client.get(this.key), signal);
             this.#revision = current.revision;

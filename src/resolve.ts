@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { Queue, sleep } from "./_queue.ts";
+import { abortable, asError, Queue, sleep } from "./_async.ts";
 import { backoff } from "./backoff.ts";
 import {
   checkService,
@@ -30,24 +30,16 @@ export interface ResolveOptions {
 }
 
 /** The iterator that {@linkcode resolve} returns; `await using` ends it. */
-export interface Resolution extends AsyncIterableIterator<Update[]>, AsyncDisposable {}
+export interface Resolution extends AsyncIterableIterator<Update[]>, AsyncDisposable {
+  /** Waits for the next batch; `done` once the stream ended. */
+  next(): Promise<IteratorResult<Update[], undefined>>;
+  /** Ends the stream and releases its share of the watch. */
+  return(): Promise<IteratorResult<Update[], undefined>>;
+}
 
 interface Subscriber {
   push(batch: Update[]): void;
   report(error: Error): void;
-}
-
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
-}
-
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
 }
 
 /** One etcd watch of one service's prefix, fanned out to every subscriber. */
@@ -64,10 +56,6 @@ class SharedWatch {
     this.#client = client;
     this.#prefix = `${service}/`;
     this.done = this.#run();
-  }
-
-  get size(): number {
-    return this.#subscribers.size;
   }
 
   add(subscriber: Subscriber): void {

@@ -60,6 +60,8 @@ export class CompactedError extends Error {
   /** The revision etcd has compacted up to (0 when etcd did not say). */
   readonly compactRevision: number;
   /**
+   * Creates the error for a compacted revision.
+   *
    * @param compactRevision the compacted revision
    * @param options the underlying cause
    */
@@ -75,6 +77,8 @@ export class LeaseNotFoundError extends Error {
   /** The lease ID. */
   readonly lease: string;
   /**
+   * Creates the error for a missing lease.
+   *
    * @param lease the lease ID
    * @param options the underlying cause
    */

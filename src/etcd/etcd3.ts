@@ -14,7 +14,7 @@ import {
   type IWatchResponse,
 } from "etcd3";
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
-import { Queue } from "../_queue.ts";
+import { Queue } from "../_async.ts";
 import {
   CompactedError,
   type EtcdClient,
@@ -42,6 +42,21 @@ export interface ConnectOptions {
    * Default 5000. A call to an etcd that is down or frozen fails after this.
    */
   readonly dialTimeout?: number;
+}
+
+/**
+ * An `Etcd3` instance from `npm:etcd3`, described by the parts this module uses
+ * (so that its types stay out of this module's public surface).
+ */
+export interface Etcd3Instance {
+  /** The KV service client. */
+  readonly kv: object;
+  /** The lease service client. */
+  readonly leaseClient: object;
+  /** The watch service client. */
+  readonly watchClient: object;
+  /** Closes every connection. */
+  close(): void;
 }
 
 const HOST = /^(?:(https?):\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})\/?$/;
@@ -262,13 +277,15 @@ function pem(value: Pem | undefined): Buffer | undefined {
  * @throws {TypeError} when `hosts` is empty or malformed, or mixes http and https
  * @throws {RangeError} when `dialTimeout` is not a positive number
  */
-export function connect(options: ConnectOptions | Etcd3): EtcdClient {
+export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
   if (options instanceof Etcd3) {
     const hosts = (options as unknown as { options?: IOptions }).options?.hosts ?? "etcd3";
     return new Etcd3Client(options, typeof hosts === "string" ? [hosts] : hosts, false, 5000);
   }
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(`options must be an object { hosts, … }, got ${String(options)}`);
+  if (typeof options !== "object" || options === null || !("hosts" in options)) {
+    throw new TypeError(
+      `options must be { hosts, … } or an Etcd3 instance from npm:etcd3, got ${String(options)}`,
+    );
   }
   const hosts = checkHosts(options.hosts);
   const dialTimeout = options.dialTimeout ?? 5000;

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { Queue } from "../_queue.ts";
+import { Queue } from "../_async.ts";
 import {
   CompactedError,
   type EtcdClient,
@@ -41,7 +41,6 @@ interface Watcher {
   readonly prefix: string;
   readonly exact: boolean;
   readonly queue: Queue<WatchBatch>;
-  readonly client: MemoryClient;
 }
 
 interface Entry {
@@ -51,6 +50,7 @@ interface Entry {
 
 /** The error every call of a disconnected {@linkcode MemoryClient} rejects with. */
 export class UnavailableError extends Error {
+  /** Creates the error. */
   constructor() {
     super("memory etcd: connection lost (client disconnected)");
     this.name = "UnavailableError";
@@ -58,6 +58,166 @@ export class UnavailableError extends Error {
 }
 
 const encoder = new TextEncoder();
+
+/** The state and operations of one in-memory etcd; private to this file. */
+class Store {
+  #revision = 1;
+  #compacted = 0;
+  #nextLease = 1;
+  readonly #store = new Map<string, KeyValue>();
+  readonly #leases = new Map<string, Lease>();
+  readonly #history: Entry[] = [];
+  readonly #watchers = new Set<Watcher>();
+  readonly #connections = new Set<Connection>();
+  readonly #clock: Clock;
+
+  constructor(clock?: Clock) {
+    this.#clock = clock ?? {
+      now: () => Date.now(),
+      setTimeout: (fn, ms) => setTimeout(fn, ms),
+      clearTimeout: (id) => clearTimeout(id as number),
+    };
+  }
+
+  get revision(): number {
+    return this.#revision;
+  }
+
+  stats(): { watches: number; leases: number; clients: number } {
+    return {
+      watches: this.#watchers.size,
+      leases: this.#leases.size,
+      clients: this.#connections.size,
+    };
+  }
+
+  compact(revision: number = this.#revision): void {
+    if (revision > this.#revision) {
+      throw new RangeError(`revision ${revision} is in the future (current ${this.#revision})`);
+    }
+    this.#compacted = Math.max(this.#compacted, revision);
+    let drop = 0;
+    while (drop < this.#history.length && this.#history[drop]!.revision <= revision) drop++;
+    this.#history.splice(0, drop);
+  }
+
+  close(): void {
+    for (const lease of this.#leases.values()) this.#clock.clearTimeout(lease.timer);
+    this.#leases.clear();
+    for (const connection of [...this.#connections]) connection.drop(new UnavailableError(), true);
+  }
+
+  attach(connection: Connection): void {
+    this.#connections.add(connection);
+  }
+
+  forget(connection: Connection): void {
+    this.#connections.delete(connection);
+  }
+
+  range(start: string, prefix: boolean): RangeResult {
+    const kvs = [...this.#store.values()]
+      .filter((kv) => prefix ? kv.key.startsWith(start) : kv.key === start)
+      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    return { revision: this.#revision, kvs };
+  }
+
+  put(key: string, value: string, lease = "0"): number {
+    const holder = lease === "0" ? undefined : this.#leases.get(lease);
+    if (lease !== "0" && !holder) throw new LeaseNotFoundError(lease);
+    const old = this.#store.get(key);
+    if (old && old.lease !== "0") this.#leases.get(old.lease)?.keys.delete(key);
+    const revision = ++this.#revision;
+    const kv: KeyValue = { key, value: encoder.encode(value), modRevision: revision, lease };
+    this.#store.set(key, kv);
+    holder?.keys.add(key);
+    this.#commit(revision, [{ type: "put", kv }]);
+    return revision;
+  }
+
+  delete(keys: Iterable<string>): number {
+    const present = [...keys].filter((key) => this.#store.has(key));
+    if (present.length === 0) return this.#revision;
+    const revision = ++this.#revision;
+    const events: WatchEvent[] = [];
+    for (const key of present) {
+      const kv = this.#store.get(key)!;
+      if (kv.lease !== "0") this.#leases.get(kv.lease)?.keys.delete(key);
+      this.#store.delete(key);
+      events.push({ type: "delete", key, modRevision: revision });
+    }
+    this.#commit(revision, events);
+    return revision;
+  }
+
+  grant(ttl: number): string {
+    const id = String(this.#nextLease++);
+    const lease: Lease = { id, ttl, deadline: 0, timer: undefined, keys: new Set() };
+    this.#leases.set(id, lease);
+    this.#arm(lease);
+    return id;
+  }
+
+  keepAlive(id: string): number {
+    const lease = this.#leases.get(id);
+    if (!lease) return 0;
+    this.#arm(lease);
+    return lease.ttl;
+  }
+
+  revoke(id: string): void {
+    const lease = this.#leases.get(id);
+    if (!lease) return;
+    this.#clock.clearTimeout(lease.timer);
+    this.#leases.delete(id);
+    this.delete(lease.keys);
+  }
+
+  watch(prefix: string, startRevision: number, exact: boolean): Watcher {
+    if (startRevision > 0 && startRevision <= this.#compacted) {
+      throw new CompactedError(this.#compacted);
+    }
+    const watcher: Watcher = { prefix, exact, queue: new Queue() };
+    watcher.queue.push({ revision: this.#revision, events: [] });
+    const from = startRevision > 0 ? startRevision : this.#revision + 1;
+    const replay = this.#history
+      .filter((entry) => entry.revision >= from && this.#matches(entry.event, watcher))
+      .map((entry) => entry.event);
+    if (replay.length > 0) watcher.queue.push({ revision: this.#revision, events: replay });
+    this.#watchers.add(watcher);
+    return watcher;
+  }
+
+  unwatch(watcher: Watcher): void {
+    this.#watchers.delete(watcher);
+  }
+
+  #arm(lease: Lease): void {
+    this.#clock.clearTimeout(lease.timer);
+    lease.deadline = this.#clock.now() + lease.ttl * 1000;
+    lease.timer = this.#clock.setTimeout(() => this.revoke(lease.id), lease.ttl * 1000);
+  }
+
+  #matches(event: WatchEvent, watcher: Watcher): boolean {
+    const key = event.type === "put" ? event.kv.key : event.key;
+    return watcher.exact ? key === watcher.prefix : key.startsWith(watcher.prefix);
+  }
+
+  #commit(revision: number, events: WatchEvent[]): void {
+    for (const event of events) this.#history.push({ revision, event });
+    for (const watcher of this.#watchers) {
+      const mine = events.filter((event) => this.#matches(event, watcher));
+      if (mine.length > 0) watcher.queue.push({ revision, events: mine });
+    }
+  }
+}
+
+const stores = new WeakMap<MemoryEtcd, Store>();
+
+/** What the store needs of a client connection. */
+interface Connection {
+  drop(error: Error, close: boolean): void;
+}
 
 /**
  * An in-memory etcd server. Several clients made with {@linkcode MemoryEtcd.client}
@@ -75,33 +235,30 @@ const encoder = new TextEncoder();
  * ```
  */
 export class MemoryEtcd implements AsyncDisposable {
-  #revision = 1;
-  #compacted = 0;
-  #nextLease = 1;
-  readonly #store = new Map<string, KeyValue>();
-  readonly #leases = new Map<string, Lease>();
-  readonly #history: Entry[] = [];
-  readonly #watchers = new Set<Watcher>();
-  readonly #clients = new Set<MemoryClient>();
-  readonly #clock: Clock;
+  readonly #store: Store;
 
-  /** @param options the clock that drives lease expiry */
+  /**
+   * Creates an empty store at revision 1.
+   *
+   * @param options the clock that drives lease expiry (default: the global timers)
+   */
   constructor(options: { clock?: Clock } = {}) {
-    this.#clock = options.clock ?? {
-      now: () => Date.now(),
-      setTimeout: (fn, ms) => setTimeout(fn, ms),
-      clearTimeout: (id) => clearTimeout(id as number),
-    };
+    this.#store = new Store(options.clock);
+    stores.set(this, this.#store);
   }
 
   /** The current store revision. */
   get revision(): number {
-    return this.#revision;
+    return this.#store.revision;
   }
 
-  /** Counts of what is held open: watches, leases, and connected clients. */
+  /**
+   * Counts what is held open, to check that nothing leaks.
+   *
+   * @returns open watches, live leases and connected clients
+   */
   stats(): { watches: number; leases: number; clients: number } {
-    return { watches: this.#watchers.size, leases: this.#leases.size, clients: this.#clients.size };
+    return this.#store.stats();
   }
 
   /**
@@ -110,7 +267,7 @@ export class MemoryEtcd implements AsyncDisposable {
    * @returns the client; closing it does not stop the server
    */
   client(): MemoryClient {
-    return this._attach(new MemoryClient(this, false));
+    return new MemoryClient(this);
   }
 
   /**
@@ -118,135 +275,29 @@ export class MemoryEtcd implements AsyncDisposable {
    * asked for from a compacted revision fail with {@linkcode CompactedError}.
    *
    * @param revision the revision to compact up to
+   * @throws {RangeError} when `revision` is in the future
    */
-  compact(revision: number = this.#revision): void {
-    if (revision > this.#revision) {
-      throw new RangeError(`revision ${revision} is in the future (current ${this.#revision})`);
-    }
-    this.#compacted = Math.max(this.#compacted, revision);
-    let drop = 0;
-    while (drop < this.#history.length && this.#history[drop]!.revision <= revision) drop++;
-    this.#history.splice(0, drop);
+  compact(revision?: number): void {
+    this.#store.compact(revision);
   }
 
-  /** Stops every lease timer and ends every client's watches. */
+  /**
+   * Stops every lease timer and ends every client's watches.
+   *
+   * @returns when done
+   */
   close(): Promise<void> {
-    for (const lease of this.#leases.values()) this.#clock.clearTimeout(lease.timer);
-    this.#leases.clear();
-    for (const client of [...this.#clients]) client._drop(new UnavailableError(), true);
+    this.#store.close();
     return Promise.resolve();
   }
 
-  /** Same as {@linkcode MemoryEtcd.close}. */
+  /**
+   * Same as {@linkcode MemoryEtcd.close}.
+   *
+   * @returns when done
+   */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-
-  // ---- server operations, called by MemoryClient ----
-
-  _attach(client: MemoryClient): MemoryClient {
-    this.#clients.add(client);
-    return client;
-  }
-
-  _forget(client: MemoryClient): void {
-    this.#clients.delete(client);
-  }
-
-  _range(start: string, prefix: boolean): RangeResult {
-    const kvs = [...this.#store.values()]
-      .filter((kv) => prefix ? kv.key.startsWith(start) : kv.key === start)
-      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    return { revision: this.#revision, kvs };
-  }
-
-  _put(key: string, value: string, lease = "0"): number {
-    const holder = lease === "0" ? undefined : this.#leases.get(lease);
-    if (lease !== "0" && !holder) throw new LeaseNotFoundError(lease);
-    const old = this.#store.get(key);
-    if (old && old.lease !== "0") this.#leases.get(old.lease)?.keys.delete(key);
-    const revision = ++this.#revision;
-    const kv: KeyValue = { key, value: encoder.encode(value), modRevision: revision, lease };
-    this.#store.set(key, kv);
-    holder?.keys.add(key);
-    this.#commit(revision, [{ type: "put", kv }]);
-    return revision;
-  }
-
-  _delete(keys: Iterable<string>): number {
-    const present = [...keys].filter((key) => this.#store.has(key));
-    if (present.length === 0) return this.#revision;
-    const revision = ++this.#revision;
-    const events: WatchEvent[] = [];
-    for (const key of present) {
-      const kv = this.#store.get(key)!;
-      if (kv.lease !== "0") this.#leases.get(kv.lease)?.keys.delete(key);
-      this.#store.delete(key);
-      events.push({ type: "delete", key, modRevision: revision });
-    }
-    this.#commit(revision, events);
-    return revision;
-  }
-
-  _grant(ttl: number): string {
-    const id = String(this.#nextLease++);
-    const lease: Lease = { id, ttl, deadline: 0, timer: undefined, keys: new Set() };
-    this.#leases.set(id, lease);
-    this.#arm(lease);
-    return id;
-  }
-
-  _keepAlive(id: string): number {
-    const lease = this.#leases.get(id);
-    if (!lease) return 0;
-    this.#arm(lease);
-    return lease.ttl;
-  }
-
-  _revoke(id: string): void {
-    const lease = this.#leases.get(id);
-    if (!lease) return;
-    this.#clock.clearTimeout(lease.timer);
-    this.#leases.delete(id);
-    this._delete(lease.keys);
-  }
-
-  _watch(client: MemoryClient, prefix: string, startRevision: number, exact: boolean): Watcher {
-    if (startRevision > 0 && startRevision <= this.#compacted) {
-      throw new CompactedError(this.#compacted);
-    }
-    const watcher: Watcher = { prefix, exact, queue: new Queue(), client };
-    watcher.queue.push({ revision: this.#revision, events: [] });
-    const from = startRevision > 0 ? startRevision : this.#revision + 1;
-    const replay = this.#history
-      .filter((entry) => entry.revision >= from && this.#matches(entry.event, watcher))
-      .map((entry) => entry.event);
-    if (replay.length > 0) watcher.queue.push({ revision: this.#revision, events: replay });
-    this.#watchers.add(watcher);
-    return watcher;
-  }
-
-  _unwatch(watcher: Watcher): void {
-    this.#watchers.delete(watcher);
-  }
-
-  #arm(lease: Lease): void {
-    this.#clock.clearTimeout(lease.timer);
-    lease.deadline = this.#clock.now() + lease.ttl * 1000;
-    lease.timer = this.#clock.setTimeout(() => this._revoke(lease.id), lease.ttl * 1000);
-  }
-
-  #matches(event: WatchEvent, watcher: Watcher): boolean {
-    const key = event.type === "put" ? event.kv.key : event.key;
-    return watcher.exact ? key === watcher.prefix : key.startsWith(watcher.prefix);
-  }
-
-  #commit(revision: number, events: WatchEvent[]): void {
-    for (const event of events) this.#history.push({ revision, event });
-    for (const watcher of this.#watchers) {
-      const mine = events.filter((event) => this.#matches(event, watcher));
-      if (mine.length > 0) watcher.queue.push({ revision, events: mine });
-    }
   }
 }
 
@@ -256,20 +307,29 @@ export class MemoryEtcd implements AsyncDisposable {
  * between this client and etcd would; the server and other clients carry on.
  */
 export class MemoryClient implements EtcdClient {
+  /** Always `["memory"]`. */
   readonly hosts: readonly string[] = ["memory"];
   readonly #server: MemoryEtcd;
+  readonly #store: Store;
   readonly #ownsServer: boolean;
   readonly #watchers = new Set<Watcher>();
+  readonly #connection: Connection = { drop: (error, close) => this.#drop(error, close) };
   #connected = true;
   #closed = false;
 
   /**
+   * Connects a new client to a server.
+   *
    * @param server the server this client talks to
-   * @param ownsServer whether closing the client also closes the server
+   * @param options `ownsServer`: closing the client also closes the server
    */
-  constructor(server: MemoryEtcd, ownsServer: boolean) {
+  constructor(server: MemoryEtcd, options: { ownsServer?: boolean } = {}) {
+    const store = stores.get(server);
+    if (!store) throw new TypeError(`server must be a MemoryEtcd, got ${String(server)}`);
     this.#server = server;
-    this.#ownsServer = ownsServer;
+    this.#store = store;
+    this.#ownsServer = options.ownsServer ?? false;
+    store.attach(this.#connection);
   }
 
   /** The server this client talks to. */
@@ -279,7 +339,7 @@ export class MemoryClient implements EtcdClient {
 
   /** Cuts this client off: calls reject, open watches fail. */
   disconnect(): void {
-    this._drop(new UnavailableError(), false);
+    this.#drop(new UnavailableError(), false);
   }
 
   /** Lets this client reach the server again. */
@@ -287,14 +347,14 @@ export class MemoryClient implements EtcdClient {
     if (!this.#closed) this.#connected = true;
   }
 
-  _drop(error: Error, close: boolean): void {
+  #drop(error: Error, close: boolean): void {
     this.#connected = false;
     if (close) {
       this.#closed = true;
-      this.#server._forget(this);
+      this.#store.forget(this.#connection);
     }
     for (const watcher of this.#watchers) {
-      this.#server._unwatch(watcher);
+      this.#store.unwatch(watcher);
       watcher.queue.fail(error);
     }
     this.#watchers.clear();
@@ -310,40 +370,48 @@ export class MemoryClient implements EtcdClient {
     }
   }
 
+  /** {@inheritDoc EtcdClient.getPrefix} */
   getPrefix(prefix: string): Promise<RangeResult> {
     if (prefix === "") return Promise.reject(new TypeError("prefix must not be empty"));
-    return this.#call(() => this.#server._range(prefix, true));
+    return this.#call(() => this.#store.range(prefix, true));
   }
 
+  /** {@inheritDoc EtcdClient.get} */
   get(key: string): Promise<RangeResult> {
-    return this.#call(() => this.#server._range(key, false));
+    return this.#call(() => this.#store.range(key, false));
   }
 
+  /** {@inheritDoc EtcdClient.put} */
   put(key: string, value: string, lease?: string): Promise<number> {
-    return this.#call(() => this.#server._put(key, value, lease));
+    return this.#call(() => this.#store.put(key, value, lease));
   }
 
+  /** {@inheritDoc EtcdClient.delete} */
   delete(key: string): Promise<number> {
-    return this.#call(() => this.#server._delete([key]));
+    return this.#call(() => this.#store.delete([key]));
   }
 
+  /** {@inheritDoc EtcdClient.grantLease} */
   grantLease(ttl: number): Promise<string> {
-    return this.#call(() => this.#server._grant(ttl));
+    return this.#call(() => this.#store.grant(ttl));
   }
 
+  /** {@inheritDoc EtcdClient.keepAlive} */
   keepAlive(lease: string): Promise<number> {
-    return this.#call(() => this.#server._keepAlive(lease));
+    return this.#call(() => this.#store.keepAlive(lease));
   }
 
+  /** {@inheritDoc EtcdClient.revokeLease} */
   revokeLease(lease: string): Promise<void> {
-    return this.#call(() => this.#server._revoke(lease));
+    return this.#call(() => this.#store.revoke(lease));
   }
 
+  /** {@inheritDoc EtcdClient.watch} */
   async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
     const { startRevision, signal, exact = false } = options;
     if (signal?.aborted) return;
     await this.#call(() => undefined);
-    const watcher = this.#server._watch(this, prefix, startRevision, exact);
+    const watcher = this.#store.watch(prefix, startRevision, exact);
     this.#watchers.add(watcher);
     const stop = () => watcher.queue.end();
     signal?.addEventListener("abort", stop, { once: true });
@@ -352,16 +420,22 @@ export class MemoryClient implements EtcdClient {
     } finally {
       signal?.removeEventListener("abort", stop);
       this.#watchers.delete(watcher);
-      this.#server._unwatch(watcher);
+      this.#store.unwatch(watcher);
     }
   }
 
+  /** {@inheritDoc EtcdClient.close} */
   async close(): Promise<void> {
     if (this.#closed) return;
-    this._drop(new Error("memory etcd: client is closed"), true);
+    this.#drop(new Error("memory etcd: client is closed"), true);
     if (this.#ownsServer) await this.#server.close();
   }
 
+  /**
+   * Same as {@linkcode MemoryClient.close}.
+   *
+   * @returns when closed
+   */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -389,6 +463,5 @@ export class MemoryClient implements EtcdClient {
  * @returns the client, which also exposes its server as `client.server`
  */
 export function memoryClient(options: { clock?: Clock } = {}): MemoryClient {
-  const server = new MemoryEtcd(options);
-  return server._attach(new MemoryClient(server, true));
+  return new MemoryClient(new MemoryEtcd(options), { ownsServer: true });
 }

@@ -1,6 +1,6 @@
 /**
- * A push-to-pull queue: producers push values (or end it with an error), one
- * consumer pulls them with `for await`. Private to this module.
+ * Small async helpers private to this module: a push-to-pull queue, an
+ * abortable sleep, and racing a promise against a signal.
  *
  * @module
  */
@@ -96,4 +96,19 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     const timer = setTimeout(done, ms);
     signal?.addEventListener("abort", done, { once: true });
   });
+}
+
+/** Rejects with `signal.reason` as soon as `signal` aborts, else settles as `promise` does. */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+/** Makes an `Error` of anything thrown. */
+export function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
 }

@@ -1,0 +1,210 @@
+/**
+ * Test helper: a real etcd process on free loopback ports with a temporary
+ * data directory, or the cluster named by `ETCD_ENDPOINTS`.
+ *
+ * @module
+ */
+
+/** How to get etcd when it is missing; part of every "not found" failure. */
+export const INSTALL_HINT =
+  "Install etcd (Debian/Ubuntu: `apt-get install -y etcd-server etcd-client`), put it on PATH " +
+  "or set ETCD_BIN to the etcd binary, or set ETCD_ENDPOINTS to an existing cluster.";
+
+/** A free TCP port on 127.0.0.1 (bound and released; good enough for tests). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** Finds the etcd binary: `ETCD_BIN`, else `etcd` on PATH. Throws with install hints. */
+export function findEtcd(): string {
+  const explicit = Deno.env.get("ETCD_BIN");
+  if (explicit) {
+    try {
+      Deno.statSync(explicit);
+      return explicit;
+    } catch {
+      throw new Error(`ETCD_BIN=${explicit} does not exist. ${INSTALL_HINT}`);
+    }
+  }
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (!dir) continue;
+    try {
+      const path = `${dir}/etcd`;
+      if (Deno.statSync(path).isFile) return path;
+    } catch {
+      // not in this directory
+    }
+  }
+  throw new Error(`etcd was not found on PATH. ${INSTALL_HINT}`);
+}
+
+/** A running etcd member under the test's control. */
+export interface EtcdServer extends AsyncDisposable {
+  /** Client URL, e.g. `http://127.0.0.1:23791`. */
+  readonly endpoint: string;
+  /** Whether this helper started the process (false with ETCD_ENDPOINTS). */
+  readonly owned: boolean;
+  /** Stops the process (SIGKILL with `kill`), keeping the data directory. */
+  stop(options?: { kill?: boolean }): Promise<void>;
+  /** Starts the process again on the same ports and data, and waits until healthy. */
+  start(): Promise<void>;
+  /** Freezes (SIGSTOP) or thaws (SIGCONT) the process. */
+  pause(): void;
+  /** Thaws a paused process. */
+  resume(): void;
+  /** Reads a Prometheus gauge from etcd's /metrics, e.g. `etcd_debugging_mvcc_watcher_total`. */
+  metric(name: string): Promise<number>;
+  /** Stops the process and removes the data directory. */
+  close(): Promise<void>;
+}
+
+async function healthy(endpoint: string, deadline: number): Promise<void> {
+  let last = "";
+  while (Date.now() < deadline) {
+    try {
+      const res = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+      const body = await res.text();
+      if (res.ok && body.includes('"true"')) return;
+      last = body;
+    } catch (error) {
+      last = String(error);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`etcd at ${endpoint} did not become healthy: ${last}`);
+}
+
+class ExternalEtcd implements EtcdServer {
+  readonly owned = false;
+  constructor(readonly endpoint: string) {}
+  stop(): Promise<void> {
+    return Promise.reject(new Error("cannot stop an etcd given by ETCD_ENDPOINTS"));
+  }
+  start(): Promise<void> {
+    return Promise.resolve();
+  }
+  pause(): void {
+    throw new Error("cannot pause an etcd given by ETCD_ENDPOINTS");
+  }
+  resume(): void {}
+  metric(name: string): Promise<number> {
+    return readMetric(this.endpoint, name);
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+async function readMetric(endpoint: string, name: string): Promise<number> {
+  const text = await (await fetch(`${endpoint}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`metric ${name} not found at ${endpoint}/metrics`);
+  return Number(line.slice(name.length + 1));
+}
+
+class LocalEtcd implements EtcdServer {
+  readonly owned = true;
+  readonly endpoint: string;
+  readonly #bin: string;
+  readonly #dir: string;
+  readonly #args: string[];
+  #child: Deno.ChildProcess | undefined;
+  #log: Promise<unknown> = Promise.resolve();
+
+  constructor(bin: string, dir: string) {
+    this.#bin = bin;
+    this.#dir = dir;
+    const client = freePort();
+    const peer = freePort();
+    this.endpoint = `http://127.0.0.1:${client}`;
+    const peerUrl = `http://127.0.0.1:${peer}`;
+    this.#args = [
+      "--name=t",
+      `--data-dir=${dir}/data`,
+      `--listen-client-urls=${this.endpoint}`,
+      `--advertise-client-urls=${this.endpoint}`,
+      `--listen-peer-urls=${peerUrl}`,
+      `--initial-advertise-peer-urls=${peerUrl}`,
+      `--initial-cluster=t=${peerUrl}`,
+      "--logger=zap",
+      "--log-outputs=stderr",
+      "--log-level=error",
+    ];
+  }
+
+  async start(): Promise<void> {
+    if (this.#child) return;
+    const child = new Deno.Command(this.#bin, {
+      args: this.#args,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.#child = child;
+    // Drain stderr so the pipe never fills; keep the tail for failure messages.
+    this.#log = child.stderr.pipeTo(new WritableStream()).catch(() => {});
+    try {
+      await healthy(this.endpoint, Date.now() + 15_000);
+    } catch (error) {
+      await this.stop({ kill: true });
+      throw error;
+    }
+  }
+
+  async stop(options: { kill?: boolean } = {}): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    try {
+      child.kill("SIGCONT");
+      child.kill(options.kill ? "SIGKILL" : "SIGTERM");
+    } catch {
+      // already gone
+    }
+    await child.status;
+    await this.#log;
+  }
+
+  pause(): void {
+    this.#child?.kill("SIGSTOP");
+  }
+
+  resume(): void {
+    this.#child?.kill("SIGCONT");
+  }
+
+  metric(name: string): Promise<number> {
+    return readMetric(this.endpoint, name);
+  }
+
+  async close(): Promise<void> {
+    await this.stop({ kill: true });
+    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * Starts a private etcd (or uses `ETCD_ENDPOINTS`). Fails, saying how to
+ * install etcd, when there is none.
+ *
+ * @returns the running server; `await using` stops it and removes its data
+ */
+export async function startEtcd(): Promise<EtcdServer> {
+  const external = Deno.env.get("ETCD_ENDPOINTS");
+  if (external) return new ExternalEtcd(external.split(",")[0]!.trim());
+  const bin = findEtcd();
+  const dir = await Deno.makeTempDir({ prefix: "grpc-etcd-test-" });
+  const server = new LocalEtcd(bin, dir);
+  await server.start();
+  return server;
+}

@@ -1,0 +1,225 @@
+import assert from "node:assert/strict";
+import { decodeEndpoint, register, type RegistrationState } from "../mod.ts";
+import { memoryClient, MemoryEtcd } from "../testing.ts";
+import { fakeTime } from "./fake_time.ts";
+
+Deno.test("register() puts <service>/<addr> with a lease of the TTL and the Go value", async () => {
+  await using client = memoryClient();
+  await using reg = await register(client, "svc/a", { addr: "10.0.0.1:80", metadata: { w: 2 } }, {
+    ttl: 3,
+  });
+  const { kvs } = await client.get("svc/a/10.0.0.1:80");
+  assert.equal(kvs.length, 1);
+  assert.equal(kvs[0]!.lease, reg.lease);
+  assert.equal(
+    new TextDecoder().decode(kvs[0]!.value),
+    '{"Op":0,"Addr":"10.0.0.1:80","Metadata":{"w":2}}',
+  );
+  assert.equal(await client.keepAlive(reg.lease), 3);
+});
+
+Deno.test("register() keeps the lease alive far past its TTL", async () => {
+  using clock = fakeTime();
+  await using client = memoryClient();
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, { ttl: 2 });
+  const lease = reg.lease;
+  await clock.tick(60_000);
+  assert.equal(reg.lease, lease);
+  assert.equal((await client.get(reg.key)).kvs.length, 1);
+  assert.equal(reg.state, "registered");
+});
+
+Deno.test("register() puts the key back at once when someone deletes it", async () => {
+  using _clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  await using other = etcd.client();
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, { ttl: 10 });
+  const lease = reg.lease;
+  await other.delete(reg.key);
+  await _clock.settle();
+  const { kvs } = await other.get(reg.key);
+  assert.equal(kvs.length, 1, "key is back");
+  assert.equal(kvs[0]!.lease, lease, "on the same lease, which is still alive");
+});
+
+Deno.test("register() grants a new lease when its lease is revoked from outside", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  await using other = etcd.client();
+  const states: RegistrationState[] = [];
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, {
+    ttl: 10,
+    onStateChange: (s) => states.push(s),
+    onError: () => {},
+  });
+  const old = reg.lease;
+  await other.revokeLease(old);
+  await clock.tick(3000); // backoff cap
+  const { kvs } = await other.get(reg.key);
+  assert.equal(kvs.length, 1);
+  assert.notEqual(kvs[0]!.lease, old);
+  assert.equal(kvs[0]!.lease, reg.lease);
+  assert.deepEqual(states, ["registered", "recovering", "registered"]);
+});
+
+Deno.test("register() recovers when cut off longer than the TTL, within the backoff cap", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  await using observer = etcd.client();
+  const errors: Error[] = [];
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, {
+    ttl: 3,
+    onError: (e) => errors.push(e),
+  });
+  client.disconnect();
+  await clock.tick(10_000);
+  assert.equal((await observer.get(reg.key)).kvs.length, 0, "lease expired on the server");
+  assert.ok(errors.length > 0, "errors were reported while cut off");
+  client.reconnect();
+  await clock.tick(3000 + 1000);
+  assert.equal((await observer.get(reg.key)).kvs.length, 1, "back within backoff cap + 1 s");
+  assert.equal(reg.state, "registered");
+});
+
+Deno.test("close() revokes the lease: the key disappears at once and timers stop", async () => {
+  await using client = memoryClient();
+  const reg = await register(client, "svc/a", { addr: "a:1" });
+  await reg.close();
+  await reg.close(); // idempotent
+  assert.equal((await client.get(reg.key)).kvs.length, 0);
+  assert.equal(reg.state, "closed");
+  assert.deepEqual(client.server.stats(), { watches: 0, leases: 0, clients: 1 });
+});
+
+Deno.test("aborting the signal closes the registration", async () => {
+  await using client = memoryClient();
+  const ac = new AbortController();
+  const states: RegistrationState[] = [];
+  const reg = await register(client, "svc/a", { addr: "a:1" }, {
+    signal: ac.signal,
+    onStateChange: (s) => states.push(s),
+  });
+  ac.abort();
+  await reg.close(); // waits for the close the abort started
+  assert.equal((await client.get(reg.key)).kvs.length, 0);
+  assert.deepEqual(states, ["registered", "closed"]);
+});
+
+Deno.test("register() rejects an already aborted signal, and aborting during the first attempt", async () => {
+  await using client = memoryClient();
+  await assert.rejects(
+    register(client, "svc/a", { addr: "a:1" }, { signal: AbortSignal.abort(new Error("stop")) }),
+    /stop/,
+  );
+  client.disconnect();
+  const ac = new AbortController();
+  const pending = register(client, "svc/a", { addr: "a:1" }, { signal: ac.signal });
+  setTimeout(() => ac.abort(new Error("gave up")), 10);
+  await assert.rejects(pending, /gave up/);
+});
+
+Deno.test("register() with etcd unreachable rejects after `timeout`, naming the hosts", async () => {
+  using clock = fakeTime();
+  await using client = memoryClient();
+  client.disconnect();
+  const pending = register(client, "svc/a", { addr: "a:1" }, { timeout: 2000 });
+  const check = assert.rejects(
+    pending,
+    /could not register "svc\/a\/a:1" on etcd at memory within 2000 ms/,
+  );
+  await clock.tick(2000);
+  await check;
+  assert.deepEqual(client.server.stats().leases, 0);
+});
+
+Deno.test("register() names the bad argument and value", async (t) => {
+  await using client = memoryClient();
+  const cases: [string, () => Promise<unknown>, ErrorConstructor, RegExp][] = [
+    [
+      "empty service",
+      () => register(client, "", { addr: "a:1" }),
+      TypeError,
+      /service must be a non-empty string, got ""/,
+    ],
+    [
+      "service with space",
+      () => register(client, "a b", { addr: "a:1" }),
+      TypeError,
+      /service must not contain whitespace.*"a b"/,
+    ],
+    [
+      "service ending in /",
+      () => register(client, "svc/", { addr: "a:1" }),
+      TypeError,
+      /must not end with "\/"/,
+    ],
+    [
+      "addr without port",
+      () => register(client, "svc", { addr: "host" }),
+      TypeError,
+      /endpoint.addr must be host:port, got "host"/,
+    ],
+    [
+      "port 0",
+      () => register(client, "svc", { addr: "host:0" }),
+      TypeError,
+      /endpoint.addr must end in a port from 1 to 65535, got "host:0"/,
+    ],
+    [
+      "port 70000",
+      () => register(client, "svc", { addr: "host:70000" }),
+      TypeError,
+      /port from 1 to 65535, got "host:70000"/,
+    ],
+    [
+      "ttl 1",
+      () => register(client, "svc", { addr: "a:1" }, { ttl: 1 }),
+      RangeError,
+      /options.ttl must be an integer number of seconds >= 2, got 1/,
+    ],
+    [
+      "ttl 2.5",
+      () => register(client, "svc", { addr: "a:1" }, { ttl: 2.5 }),
+      RangeError,
+      /got 2.5/,
+    ],
+    [
+      "key outside prefix",
+      () => register(client, "svc", { addr: "a:1" }, { key: "other/x" }),
+      TypeError,
+      /options.key must start with "svc\/".*"other\/x"/,
+    ],
+    [
+      "key equal to prefix",
+      () => register(client, "svc", { addr: "a:1" }, { key: "svc/" }),
+      TypeError,
+      /options.key/,
+    ],
+    [
+      "timeout 0",
+      () => register(client, "svc", { addr: "a:1" }, { timeout: 0 }),
+      RangeError,
+      /options.timeout/,
+    ],
+  ];
+  for (const [name, call, type, message] of cases) {
+    await t.step(name, async () => {
+      await assert.rejects(call(), (e: Error) => {
+        assert.ok(e instanceof type, `${e.name}: ${e.message}`);
+        assert.match(e.message, message);
+        return true;
+      });
+    });
+  }
+  assert.equal(client.server.stats().leases, 0, "nothing was granted");
+});
+
+Deno.test("register() with a custom key under the prefix is found by its value", async () => {
+  await using client = memoryClient();
+  await using reg = await register(client, "svc", { addr: "a:1" }, { key: "svc/instance-7" });
+  const { kvs } = await client.get("svc/instance-7");
+  assert.deepEqual(decodeEndpoint(reg.key, kvs[0]!.value), { addr: "a:1" });
+});
