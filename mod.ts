@@ -44,7 +44,8 @@ export {
 } from "./src/endpoint.ts";
 export { applyUpdates, diffViews } from "./src/view.ts";
 export { backoff, type BackoffOptions } from "./src/backoff.ts";
-export { type Balancer, type Picker, roundRobin } from "./src/balancers/round_robin.ts";
+export type { Balancer, BalancerContext, Picker, PickInfo } from "./src/balancers/balancer.ts";
+export { roundRobin } from "./src/balancers/round_robin.ts";
 export {
   CompactedError,
   type EtcdClient,
@@ -63,3 +64,5 @@ export {
   type RegistrationState,
 } from "./src/register.ts";
 export { type Resolution, resolve, type ResolveOptions } from "./src/resolve.ts";
+export { type ClientConstructor, dial, type DialOptions } from "./src/grpc/dial.ts";
+export { serve, type ServeOptions, type Serving } from "./src/grpc/serve.ts";

@@ -4,12 +4,7 @@
  * @module
  */
 import type { Endpoint } from "../endpoint.ts";
-
-/** A picker: returns the endpoint for the next call, or `undefined` when there is none. */
-export type Picker = () => Endpoint | undefined;
-
-/** Builds a picker over a list of endpoints. `roundRobin` is one. */
-export type Balancer = (endpoints: readonly Endpoint[]) => Picker;
+import type { Picker } from "./balancer.ts";
 
 /**
  * Builds a picker that cycles through the endpoints in order, starting with the

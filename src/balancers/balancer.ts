@@ -1,0 +1,29 @@
+/**
+ * The shapes every balancer shares. Pure.
+ *
+ * @module
+ */
+import type { Endpoint } from "../endpoint.ts";
+
+/** What a picker may use to choose an endpoint for one call. */
+export interface PickInfo {
+  /** The full gRPC method path, e.g. `/helloworld.Greeter/SayHello`. */
+  readonly method: string;
+  /** The first value of a request metadata header (lower-case name), if any. */
+  header(name: string): string | undefined;
+}
+
+/** What a balancer may know about the endpoints besides the list itself. */
+export interface BalancerContext {
+  /** The number of calls in flight to an endpoint of the list. */
+  inflight(endpoint: Endpoint): number;
+}
+
+/** Returns the endpoint for the next call, or `undefined` when there is none. */
+export type Picker = (info?: PickInfo) => Endpoint | undefined;
+
+/**
+ * Builds a picker over a list of endpoints (the ready instances of a service).
+ * {@linkcode roundRobin} is one. `dial()` builds a new picker whenever the list changes.
+ */
+export type Balancer = (endpoints: readonly Endpoint[], context?: BalancerContext) => Picker;
