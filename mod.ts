@@ -47,6 +47,7 @@ export { backoff, type BackoffOptions } from "./src/backoff.ts";
 export type { Balancer, BalancerContext, Picker, PickInfo } from "./src/balancers/balancer.ts";
 export { roundRobin } from "./src/balancers/round_robin.ts";
 export {
+  ClientClosedError,
   CompactedError,
   type EtcdClient,
   type KeyValue,

@@ -41,13 +41,14 @@ const definition = protoLoader.loadSync(new URL("./greeter.proto", import.meta.u
 const helloworld = (grpc.loadPackageDefinition(definition) as any).helloworld;
 
 /** The greeter client class, as proto-loader makes it. */
-export const Greeter:
-  & grpc.ServiceClientConstructor
-  & (new (
+export const Greeter: {
+  new (
     address: string,
     credentials: grpc.ChannelCredentials,
     options?: grpc.ClientOptions,
-  ) => GreeterClient) = helloworld.Greeter;
+  ): GreeterClient;
+  service: grpc.ServiceDefinition;
+} = helloworld.Greeter;
 
 /** Calls SayHello and resolves with the reply. */
 export function sayHello(

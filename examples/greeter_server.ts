@@ -1,7 +1,8 @@
 /**
  * One greeter instance as its own process, for the example and the tests.
  *
- *   deno run -A examples/greeter_server.ts <etcd-endpoints> <service> <name> [ttl] [drainMs]
+ *   deno run --allow-net=127.0.0.1 --allow-read --allow-env --allow-sys=uid,networkInterfaces \
+ *     examples/greeter_server.ts <etcd-endpoints> <service> <name> [ttl] [drainMs]
  *
  * Prints `ready <addr>` once registered; SIGTERM drains gracefully (health
  * NOT_SERVING, deregister, drain, shutdown) and exits 0.

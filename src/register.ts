@@ -7,7 +7,12 @@
 import { abortable, asError, sleep } from "./_async.ts";
 import { backoff } from "./backoff.ts";
 import { checkEndpoint, checkService, encodeEndpoint, type Endpoint } from "./endpoint.ts";
-import { CompactedError, type EtcdClient, LeaseNotFoundError } from "./etcd/client.ts";
+import {
+  ClientClosedError,
+  CompactedError,
+  type EtcdClient,
+  LeaseNotFoundError,
+} from "./etcd/client.ts";
 
 /**
  * Where a registration stands: `registered` (key and lease in place),
@@ -107,6 +112,19 @@ class RegistrationImpl implements Registration {
     }
   }
 
+  /** Stops every loop when the client was closed under the registration. */
+  #stopIfClosed(error: unknown): boolean {
+    if (!(error instanceof ClientClosedError)) return false;
+    this.#report(
+      new Error(`the etcd client was closed; ${JSON.stringify(this.key)} is no longer kept alive`, {
+        cause: error,
+      }),
+    );
+    this.#controller.abort();
+    this.#setState("closed");
+    return true;
+  }
+
   /** Wakes the supervisor loop early (a key or lease was lost, or closing). */
   #wake(): void {
     this.#nap?.abort();
@@ -150,6 +168,7 @@ class RegistrationImpl implements Registration {
           break;
         } catch (error) {
           lastError = error;
+          if (error instanceof ClientClosedError) break;
           if (!signal.aborted) await sleep(backoff(attempt, BACKOFF), signal);
         }
       }
@@ -184,7 +203,7 @@ class RegistrationImpl implements Registration {
           this.#setState("registered");
           continue;
         } catch (error) {
-          if (signal.aborted) break;
+          if (signal.aborted || this.#stopIfClosed(error)) break;
           this.#report(asError(error));
           await this.#sleep(backoff(attempt++, BACKOFF));
           continue;
@@ -202,7 +221,7 @@ class RegistrationImpl implements Registration {
           this.#report(new LeaseNotFoundError(this.#lease));
         }
       } catch (error) {
-        if (signal.aborted) break;
+        if (signal.aborted || this.#stopIfClosed(error)) break;
         attempt++;
         this.#report(asError(error));
       }
@@ -249,7 +268,7 @@ class RegistrationImpl implements Registration {
             error = inner;
           }
         }
-        if (signal.aborted) break;
+        if (signal.aborted || this.#stopIfClosed(error)) break;
         this.#report(asError(error));
         await sleep(backoff(attempt++, BACKOFF), signal);
       }

@@ -13,7 +13,7 @@ import {
   EndpointDecodeError,
   type Update,
 } from "./endpoint.ts";
-import { CompactedError, type EtcdClient } from "./etcd/client.ts";
+import { ClientClosedError, CompactedError, type EtcdClient } from "./etcd/client.ts";
 import { diffViews } from "./view.ts";
 
 /** Options of {@linkcode resolve}. */
@@ -40,6 +40,7 @@ export interface Resolution extends AsyncIterableIterator<Update[]>, AsyncDispos
 interface Subscriber {
   push(batch: Update[]): void;
   report(error: Error): void;
+  end(): void;
 }
 
 /** One etcd watch of one service's prefix, fanned out to every subscriber. */
@@ -52,10 +53,10 @@ class SharedWatch {
   #loaded = false;
   readonly done: Promise<void>;
 
-  constructor(client: EtcdClient, service: string) {
+  constructor(client: EtcdClient, service: string, onEnd: () => void) {
     this.#client = client;
     this.#prefix = `${service}/`;
-    this.done = this.#run();
+    this.done = this.#run().finally(onEnd);
   }
 
   add(subscriber: Subscriber): void {
@@ -142,6 +143,12 @@ class SharedWatch {
         if (!signal.aborted) throw new Error(`the watch on ${this.#prefix} ended`);
       } catch (error) {
         if (signal.aborted) break;
+        if (error instanceof ClientClosedError) {
+          // Nothing can be watched on a closed client: end every iterator.
+          this.#report(error);
+          for (const subscriber of this.#subscribers) subscriber.end();
+          break;
+        }
         if (error instanceof CompactedError) relist = true;
         this.#report(asError(error));
         await sleep(backoff(attempt++, { initial: 100, max: 3000 }), signal);
@@ -156,7 +163,14 @@ function share(client: EtcdClient, service: string): SharedWatch {
   let byService = watches.get(client);
   if (!byService) watches.set(client, byService = new Map());
   let watch = byService.get(service);
-  if (!watch) byService.set(service, watch = new SharedWatch(client, service));
+  if (!watch) {
+    const created: SharedWatch = new SharedWatch(
+      client,
+      service,
+      () => unshare(client, service, created),
+    );
+    byService.set(service, watch = created);
+  }
   return watch;
 }
 
@@ -191,6 +205,7 @@ class ResolutionImpl implements Resolution {
     this.#watch = share(client, service);
     this.#subscriber = {
       push: (batch) => this.#queue.push(batch),
+      end: () => this.#queue.end(),
       report: (error) => {
         try {
           this.#onError(error);

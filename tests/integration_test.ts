@@ -103,7 +103,8 @@ Deno.test("etcd: register() heals a key deleted and a lease revoked by someone e
     return kv.kvs.length === 1 && kv.kvs[0]!.lease !== first;
   });
   assert.notEqual(reg.lease, first);
-  assert.equal(reg.state, "registered");
+  // The put is visible in etcd just before its response reaches the registration.
+  await until("state registered", 1000, () => Promise.resolve(reg.state === "registered"));
   assert.ok(states.includes("recovering"));
   console.log(`healed: delete in ${healDelete} ms, revoke in ${healRevoke} ms`);
 });
@@ -170,10 +171,11 @@ Deno.test("etcd: resolve() streams the snapshot then each change, and resolvers 
   assert.deepEqual(await next(r1), snapshot);
   assert.deepEqual(await next(r2), snapshot);
   assert.deepEqual(await next(r3), snapshot);
-  assert.equal(
-    await etcd.metric("etcd_debugging_mvcc_watcher_total"),
-    before + 1,
+  // One etcd watch for three resolvers (polled: a watch stream that etcd resets is re-created).
+  await until(
     "one etcd watch for three resolvers",
+    3000,
+    async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === before + 1,
   );
   const b = await register(client, "svc/echo", { addr: "127.0.0.1:12", metadata: 7 });
   for (const r of [r1, r2, r3]) {

@@ -223,3 +223,23 @@ Deno.test("register() with a custom key under the prefix is found by its value",
   const { kvs } = await client.get("svc/instance-7");
   assert.deepEqual(decodeEndpoint(reg.key, kvs[0]!.value), { addr: "a:1" });
 });
+
+Deno.test("a registration whose client is closed stops and says so", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  const client = etcd.client();
+  const errors: Error[] = [];
+  const reg = await register(client, "svc/a", { addr: "a:1" }, {
+    ttl: 3,
+    onError: (e) => errors.push(e),
+  });
+  await client.close();
+  await clock.tick(5000);
+  assert.equal(reg.state, "closed");
+  assert.match(errors[0]!.message, /client was closed; "svc\/a\/a:1" is no longer kept alive/);
+  const count = errors.length;
+  await clock.tick(60_000);
+  assert.equal(errors.length, count, "no retry loop");
+  await reg.close();
+  await assert.rejects(register(client, "svc/a", { addr: "a:1" }), /the etcd client is closed/);
+});

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   applyUpdates,
+  ClientClosedError,
   CompactedError,
   encodeEndpoint,
   type Endpoint,
@@ -186,4 +187,21 @@ Deno.test("resolve() names a bad service argument", () => {
     /service must not contain whitespace.*"bad name"/,
   );
   assert.throws(() => resolve({} as never, "svc"), /client must be an EtcdClient/);
+});
+
+Deno.test("closing the client ends every resolve() iterator instead of retrying forever", async () => {
+  await using etcd = new MemoryEtcd();
+  const client = etcd.client();
+  const errors: Error[] = [];
+  const a = resolve(client, "svc/a", { onError: (e) => errors.push(e) });
+  const b = resolve(client, "svc/a", { onError: () => {} });
+  await next(a);
+  await next(b);
+  await client.close();
+  assert.deepEqual(await a.next(), { value: undefined, done: true });
+  assert.deepEqual(await b.next(), { value: undefined, done: true });
+  assert.ok(errors.some((e) => e instanceof ClientClosedError));
+  const late = resolve(client, "svc/a", { onError: () => {} });
+  assert.equal((await late.next()).done, true, "a resolver on a closed client ends at once");
+  assert.equal(etcd.stats().watches, 0);
 });

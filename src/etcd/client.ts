@@ -90,6 +90,22 @@ export class LeaseNotFoundError extends Error {
 }
 
 /**
+ * A call on a client that was closed. `resolve()` ends its iterators and
+ * `register()` stops when it sees this; nothing retries it.
+ */
+export class ClientClosedError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param options the underlying cause
+   */
+  constructor(options?: ErrorOptions) {
+    super("the etcd client is closed", options);
+    this.name = "ClientClosedError";
+  }
+}
+
+/**
  * The door to etcd. Every method may reject when etcd cannot be reached; unary
  * calls are bounded by the implementation's deadline.
  */
@@ -158,6 +174,9 @@ export interface EtcdClient extends AsyncDisposable {
    * @param options where to start, and the signal that ends the watch
    */
   watch(key: string, options: WatchOptions): AsyncIterable<WatchBatch>;
-  /** Releases every connection, watch and timer the client owns. */
+  /**
+   * Releases every connection, watch and timer the client owns. Later calls
+   * reject with {@linkcode ClientClosedError}.
+   */
   close(): Promise<void>;
 }

@@ -6,6 +6,7 @@
  */
 import { Buffer } from "node:buffer";
 import {
+  ClientClosedError as Etcd3ClosedError,
   Etcd3,
   EtcdLeaseInvalidError,
   type IKeyValue,
@@ -16,6 +17,7 @@ import {
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
 import { Queue } from "../_async.ts";
 import {
+  ClientClosedError,
   CompactedError,
   type EtcdClient,
   type KeyValue,
@@ -137,19 +139,40 @@ class Etcd3Client implements EtcdClient {
     return { deadline: Date.now() + this.#timeout };
   }
 
-  async getPrefix(prefix: string): Promise<RangeResult> {
-    if (prefix === "") throw new TypeError("prefix must not be empty");
+  /** Runs a call, turning "client closed" (ours or etcd3's) into ClientClosedError. */
+  async #run<T>(call: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new ClientClosedError();
+    try {
+      return await call();
+    } catch (error) {
+      if (this.#closed || error instanceof Etcd3ClosedError) {
+        throw new ClientClosedError({ cause: error });
+      }
+      throw error;
+    }
+  }
+
+  getPrefix(prefix: string): Promise<RangeResult> {
+    if (prefix === "") return Promise.reject(new TypeError("prefix must not be empty"));
     const key = Buffer.from(prefix);
-    const res = await this.#etcd.kv.range({ key, range_end: prefixEnd(key) }, this.#deadline());
-    return { revision: Number(res.header.revision), kvs: res.kvs.map(toKeyValue) };
+    return this.#run(async () => {
+      const res = await this.#etcd.kv.range({ key, range_end: prefixEnd(key) }, this.#deadline());
+      return { revision: Number(res.header.revision), kvs: res.kvs.map(toKeyValue) };
+    });
   }
 
-  async get(key: string): Promise<RangeResult> {
-    const res = await this.#etcd.kv.range({ key: Buffer.from(key) }, this.#deadline());
-    return { revision: Number(res.header.revision), kvs: res.kvs.map(toKeyValue) };
+  get(key: string): Promise<RangeResult> {
+    return this.#run(async () => {
+      const res = await this.#etcd.kv.range({ key: Buffer.from(key) }, this.#deadline());
+      return { revision: Number(res.header.revision), kvs: res.kvs.map(toKeyValue) };
+    });
   }
 
-  async put(key: string, value: string, lease?: string): Promise<number> {
+  put(key: string, value: string, lease?: string): Promise<number> {
+    return this.#run(() => this.#put(key, value, lease));
+  }
+
+  async #put(key: string, value: string, lease?: string): Promise<number> {
     try {
       const res = await this.#etcd.kv.put(
         { key: Buffer.from(key), value: Buffer.from(value), lease: lease ?? "0" },
@@ -164,18 +187,26 @@ class Etcd3Client implements EtcdClient {
     }
   }
 
-  async delete(key: string): Promise<number> {
-    const res = await this.#etcd.kv.deleteRange({ key: Buffer.from(key) }, this.#deadline());
-    return Number(res.header.revision);
+  delete(key: string): Promise<number> {
+    return this.#run(async () => {
+      const res = await this.#etcd.kv.deleteRange({ key: Buffer.from(key) }, this.#deadline());
+      return Number(res.header.revision);
+    });
   }
 
-  async grantLease(ttl: number): Promise<string> {
-    const res = await this.#etcd.leaseClient.leaseGrant({ TTL: ttl }, this.#deadline());
-    if (res.error) throw new Error(`etcd refused a lease of ${ttl} s: ${res.error}`);
-    return String(res.ID);
+  grantLease(ttl: number): Promise<string> {
+    return this.#run(async () => {
+      const res = await this.#etcd.leaseClient.leaseGrant({ TTL: ttl }, this.#deadline());
+      if (res.error) throw new Error(`etcd refused a lease of ${ttl} s: ${res.error}`);
+      return String(res.ID);
+    });
   }
 
-  async keepAlive(lease: string): Promise<number> {
+  keepAlive(lease: string): Promise<number> {
+    return this.#run(() => this.#keepAlive(lease));
+  }
+
+  async #keepAlive(lease: string): Promise<number> {
     const stream = await this.#etcd.leaseClient.leaseKeepAlive(this.#deadline());
     return await new Promise<number>((resolve, reject) => {
       stream.on("data", (res: { TTL: string }) => {
@@ -189,12 +220,14 @@ class Etcd3Client implements EtcdClient {
     });
   }
 
-  async revokeLease(lease: string): Promise<void> {
-    try {
-      await this.#etcd.leaseClient.leaseRevoke({ ID: lease }, this.#deadline());
-    } catch (error) {
-      if (!(error instanceof EtcdLeaseInvalidError)) throw error;
-    }
+  revokeLease(lease: string): Promise<void> {
+    return this.#run(async () => {
+      try {
+        await this.#etcd.leaseClient.leaseRevoke({ ID: lease }, this.#deadline());
+      } catch (error) {
+        if (!(error instanceof EtcdLeaseInvalidError)) throw error;
+      }
+    });
   }
 
   async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
@@ -204,7 +237,7 @@ class Etcd3Client implements EtcdClient {
     const stop = () => queue.end();
     signal?.addEventListener("abort", stop, { once: true });
     const key = Buffer.from(prefix);
-    const stream = await this.#etcd.watchClient.watch();
+    const stream = await this.#run(() => this.#etcd.watchClient.watch());
     stream.on("data", (res: IWatchResponse) => {
       if (res.canceled) {
         const compacted = Number(res.compact_revision);
@@ -218,7 +251,9 @@ class Etcd3Client implements EtcdClient {
       queue.push({ revision: Number(res.header.revision), events: res.events.map(toEvent) });
     });
     // Keep a listener for the whole life of the stream: an 'error' with none crashes.
-    stream.on("error", (error: Error) => queue.fail(error));
+    stream.on("error", (error: Error) => {
+      queue.fail(this.#closed ? new ClientClosedError({ cause: error }) : error);
+    });
     stream.on("end", () => queue.fail(new Error(`etcd ended the watch stream on ${prefix}`)));
     try {
       stream.write({

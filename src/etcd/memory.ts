@@ -9,6 +9,7 @@
  */
 import { Queue } from "../_async.ts";
 import {
+  ClientClosedError,
   CompactedError,
   type EtcdClient,
   type KeyValue,
@@ -104,7 +105,7 @@ class Store {
   close(): void {
     for (const lease of this.#leases.values()) this.#clock.clearTimeout(lease.timer);
     this.#leases.clear();
-    for (const connection of [...this.#connections]) connection.drop(new UnavailableError(), true);
+    for (const connection of [...this.#connections]) connection.drop(new ClientClosedError(), true);
   }
 
   attach(connection: Connection): void {
@@ -361,7 +362,7 @@ export class MemoryClient implements EtcdClient {
   }
 
   #call<T>(fn: () => T): Promise<T> {
-    if (this.#closed) return Promise.reject(new Error("memory etcd: client is closed"));
+    if (this.#closed) return Promise.reject(new ClientClosedError());
     if (!this.#connected) return Promise.reject(new UnavailableError());
     try {
       return Promise.resolve(fn());
@@ -427,7 +428,7 @@ export class MemoryClient implements EtcdClient {
   /** {@inheritDoc EtcdClient.close} */
   async close(): Promise<void> {
     if (this.#closed) return;
-    this.#drop(new Error("memory etcd: client is closed"), true);
+    this.#drop(new ClientClosedError(), true);
     if (this.#ownsServer) await this.#server.close();
   }
 

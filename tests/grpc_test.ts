@@ -1,0 +1,301 @@
+/**
+ * serve() and dial() with real etcd and greeter servers in separate processes.
+ */
+import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { protoPath as healthProto } from "grpc-health-check";
+import { connect, dial, resolve, serve } from "../mod.ts";
+import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
+import { startEtcd } from "./etcd_server.ts";
+import { type GreeterProcess, spawnGreeter } from "./greeter_process.ts";
+import { Load } from "./load.ts";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const SERVICE = "svc/greeter";
+
+async function until(
+  what: string,
+  ms: number,
+  check: () => boolean | Promise<boolean>,
+): Promise<number> {
+  const start = Date.now();
+  while (!(await check())) {
+    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(10);
+  }
+  return Date.now() - start;
+}
+
+async function spawnMany(etcd: string, names: string[], ttl = 2): Promise<GreeterProcess[]> {
+  return await Promise.all(names.map((name) => spawnGreeter(etcd, SERVICE, name, { ttl })));
+}
+
+Deno.test("grpc: 300 calls over three instances give each 100 ± 10", async () => {
+  await using etcd = await startEtcd();
+  const servers = await spawnMany(etcd.endpoint, ["a", "b", "c"]);
+  try {
+    await using client = connect({ hosts: etcd.endpoint });
+    const greeter = dial(client, SERVICE, Greeter);
+    try {
+      // Wait until all three are connected, as a long-running client would be.
+      await until("three instances answer", 5000, async () => {
+        const seen = new Set<string>();
+        for (let i = 0; i < 6; i++) seen.add((await sayHello(greeter, { name: "warm" })).instance);
+        return seen.size === 3;
+      });
+      const counts = new Map<string, number>();
+      for (let i = 0; i < 300; i++) {
+        const { instance } = await sayHello(greeter, { name: "x" });
+        counts.set(instance, (counts.get(instance) ?? 0) + 1);
+      }
+      console.log(Object.fromEntries(counts));
+      assert.deepEqual([...counts.keys()].sort(), ["a", "b", "c"]);
+      for (const [name, n] of counts) assert.ok(n >= 90 && n <= 110, `${name} served ${n}`);
+    } finally {
+      greeter.close();
+    }
+  } finally {
+    for (const s of servers) await s[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test("grpc: a rolling restart under 100+ calls/s fails no call", async () => {
+  await using etcd = await startEtcd();
+  let servers = await spawnMany(etcd.endpoint, ["a1", "b1", "c1"]);
+  const all = [...servers];
+  try {
+    await using client = connect({ hosts: etcd.endpoint });
+    const greeter = dial(client, SERVICE, Greeter);
+    try {
+      await until(
+        "warm",
+        5000,
+        async () => (await sayHello(greeter, { name: "w" })).instance !== "",
+      );
+      const load = new Load(greeter, { workers: 4, pauseMs: 20 });
+      const started = Date.now();
+      for (const [i, old] of servers.entries()) {
+        const fresh = await spawnGreeter(etcd.endpoint, SERVICE, old.name.replace("1", "2"));
+        all.push(fresh);
+        await sleep(500);
+        old.kill("SIGTERM");
+        const status = await old.status;
+        assert.equal(status.code, 0, `${old.name} drained and exited cleanly`);
+        servers = servers.with(i, fresh);
+      }
+      await sleep(500);
+      await load.stop();
+      const seconds = (Date.now() - started) / 1000;
+      const rate = load.records.length / seconds;
+      console.log(
+        `${load.records.length} calls in ${seconds.toFixed(1)} s (${
+          rate.toFixed(0)
+        }/s), ${load.failures.length} failed`,
+      );
+      assert.ok(rate >= 100, `load was ${rate.toFixed(0)} calls/s`);
+      assert.deepEqual(load.failures, []);
+      for (const name of ["a2", "b2", "c2"]) {
+        assert.ok(load.answeredBy(name) > 0, `${name} took traffic`);
+      }
+    } finally {
+      greeter.close();
+    }
+  } finally {
+    for (const s of all) await s[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test("grpc: after SIGKILL no call goes to the dead instance within TTL + 1 s; failures are bounded", async () => {
+  await using etcd = await startEtcd();
+  const ttl = 2;
+  const servers = await spawnMany(etcd.endpoint, ["a", "b", "c"], ttl);
+  try {
+    await using client = connect({ hosts: etcd.endpoint });
+    const greeter = dial(client, SERVICE, Greeter);
+    try {
+      await until("three instances answer", 5000, async () => {
+        const seen = new Set<string>();
+        for (let i = 0; i < 6; i++) seen.add((await sayHello(greeter, { name: "w" })).instance);
+        return seen.size === 3;
+      });
+      const workers = 4;
+      const load = new Load(greeter, { workers, pauseMs: 10 });
+      await sleep(500);
+      const killedAt = Date.now();
+      servers[0]!.kill("SIGKILL");
+      await servers[0]!.status;
+      await sleep((ttl + 1) * 1000 + 500);
+      await load.stop();
+      const late = load.answeredBy("a", killedAt + (ttl + 1) * 1000);
+      console.log(
+        `${load.records.length} calls, ${load.failures.length} failed:`,
+        load.failures.map((f) => f.details),
+      );
+      assert.equal(late, 0, "no call answered by the dead instance");
+      // Only calls in flight on the dead connection, or picked before it failed, may fail:
+      // at most one per worker.
+      assert.ok(load.failures.length <= workers, `${load.failures.length} failed calls`);
+      assert.ok(
+        load.answeredBy("b", killedAt + 1000) > 0 && load.answeredBy("c", killedAt + 1000) > 0,
+      );
+    } finally {
+      greeter.close();
+    }
+  } finally {
+    for (const s of servers) await s[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test("grpc: a new instance receives calls within 1 s of registering", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
+  const greeter = dial(client, SERVICE, Greeter);
+  try {
+    await sayHello(greeter, { name: "w" });
+    const load = new Load(greeter, { workers: 2, pauseMs: 5 });
+    const registeredAt = Date.now();
+    await using _b = await startGreeter(client, SERVICE, "b", { drainMs: 0 });
+    const took = await until("b answers", 1000, () => load.answeredBy("b") > 0);
+    await load.stop();
+    console.log(
+      `first call to the new instance ${took} ms after it registered (${
+        Date.now() - registeredAt
+      } ms)`,
+    );
+    assert.deepEqual(load.failures, []);
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("grpc: with no instance, waitForReady waits for one and a plain call fails fast", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  const greeter = dial(client, SERVICE, Greeter);
+  try {
+    await sleep(200); // the resolver has seen the empty service
+    const start = Date.now();
+    await assert.rejects(
+      sayHello(greeter, { name: "x" }, { deadline: Date.now() + 3000 }),
+      (e: grpc.ServiceError) => {
+        assert.equal(e.code, grpc.status.UNAVAILABLE);
+        assert.match(e.details, /no ready instance of "svc\/greeter"/);
+        return true;
+      },
+    );
+    assert.ok(Date.now() - start < 500, `failed fast (${Date.now() - start} ms)`);
+    const waiting = sayHello(greeter, { name: "x" }, {
+      deadline: Date.now() + 3000,
+      waitForReady: true,
+    });
+    await sleep(1000);
+    await using _a = await startGreeter(client, SERVICE, "late", { drainMs: 0 });
+    assert.equal((await waiting).instance, "late");
+    await _a.close();
+    await assert.rejects(
+      sayHello(greeter, { name: "x" }, { deadline: Date.now() + 500, waitForReady: true }),
+      (e: grpc.ServiceError) => e.code === grpc.status.DEADLINE_EXCEEDED,
+    );
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("grpc: health answers SERVING while registered and NOT_SERVING during drain", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  const serving = await startGreeter(client, SERVICE, "h", { drainMs: 1500 });
+  const definition = protoLoader.loadSync(healthProto, { keepCase: true, enums: String });
+  // deno-lint-ignore no-explicit-any
+  const Health = (grpc.loadPackageDefinition(definition) as any).grpc.health.v1.Health;
+  const health = new Health(serving.addr, grpc.credentials.createInsecure());
+  const check = (service: string) =>
+    new Promise<string>((resolve, reject) =>
+      health.Check(
+        { service },
+        (e: Error | null, r: { status: string }) => e ? reject(e) : resolve(r.status),
+      )
+    );
+  try {
+    assert.equal(await check(SERVICE), "SERVING");
+    assert.equal(await check(""), "SERVING");
+    const closing = serving.close();
+    await sleep(300);
+    assert.equal(await check(SERVICE), "NOT_SERVING");
+    assert.equal(await check(""), "NOT_SERVING");
+    assert.equal(
+      (await client.get(serving.registration.key)).kvs.length,
+      0,
+      "deregistered before shutdown",
+    );
+    await closing;
+  } finally {
+    health.close();
+    await serving.close();
+  }
+});
+
+Deno.test("grpc: bad input names the argument", async (t) => {
+  await using client = connect({ hosts: "127.0.0.1:1" });
+  const server = new grpc.Server();
+  await t.step("bind", async () => {
+    await assert.rejects(
+      serve(server, client, SERVICE, { bind: "nope" }),
+      /options.bind must be "host:port".*"nope"/,
+    );
+    await assert.rejects(
+      serve(server, client, SERVICE, { bind: "127.0.0.1:99999" }),
+      /options.bind/,
+    );
+  });
+  await t.step("advertise", async () => {
+    await assert.rejects(
+      serve(server, client, SERVICE, { advertise: "host:0" }),
+      /options.advertise must end in a port from 1 to 65535, got "host:0"/,
+    );
+  });
+  await t.step("service", async () => {
+    await assert.rejects(
+      serve(server, client, "bad name", {}),
+      /service must not contain whitespace/,
+    );
+    assert.throws(() => dial(client, "", Greeter), /service must be a non-empty string/);
+  });
+  await t.step("Ctor", () => {
+    assert.throws(
+      () => dial(client, SERVICE, class NotAClient {} as never),
+      /Ctor must be a grpc-js client class/,
+    );
+    assert.throws(
+      () => dial(client, SERVICE, undefined as never),
+      /Ctor must be a grpc-js client class.*undefined/,
+    );
+  });
+  await t.step("server", async () => {
+    await assert.rejects(serve({} as never, client, SERVICE), /server must be a grpc-js Server/);
+  });
+});
+
+Deno.test("grpc: dial() shares the resolve() watch and close() releases it", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
+  const base = await etcd.metric("etcd_debugging_mvcc_watcher_total");
+  const it = resolve(client, SERVICE);
+  await it.next();
+  const g1 = dial(client, SERVICE, Greeter);
+  const g2 = dial(client, SERVICE, Greeter);
+  assert.equal((await sayHello(g1, { name: "x" })).instance, "a");
+  assert.equal((await sayHello(g2, { name: "x" })).instance, "a");
+  assert.equal(await etcd.metric("etcd_debugging_mvcc_watcher_total"), base + 1);
+  g1.close();
+  g2.close();
+  await it.return();
+  await until(
+    "watch released",
+    2000,
+    async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === base,
+  );
+});
