@@ -65,5 +65,3 @@ export {
   type RegistrationState,
 } from "./src/register.ts";
 export { type Resolution, resolve, type ResolveOptions } from "./src/resolve.ts";
-export { type ClientConstructor, dial, type DialOptions } from "./src/grpc/dial.ts";
-export { serve, type ServeOptions, type Serving } from "./src/grpc/serve.ts";

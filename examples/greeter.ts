@@ -6,7 +6,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { type EtcdClient, serve, type ServeOptions, type Serving } from "../mod.ts";
+import type { EtcdClient } from "../mod.ts";
+import { serve, type ServeOptions, type Serving } from "../grpc.ts";
 
 /** The request and reply shapes of `helloworld.Greeter/SayHello`. */
 export interface HelloRequest {
