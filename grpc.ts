@@ -37,3 +37,4 @@
  */
 export { type ClientConstructor, dial, type DialOptions } from "./src/grpc/dial.ts";
 export { serve, type ServeOptions, type Serving } from "./src/grpc/serve.ts";
+export { registerEtcdResolver } from "./src/grpc/resolver.ts";

@@ -71,6 +71,12 @@ export function sayHello(
   });
 }
 
+/** A greeter instance in this process. */
+export interface Greeting extends Serving {
+  /** Stops the gRPC server abruptly, without draining or deregistering. */
+  crash(): void;
+}
+
 /**
  * Starts one greeter instance: a grpc-js server answering as `name`, served and
  * registered under `service`.
@@ -80,7 +86,7 @@ export async function startGreeter(
   service: string,
   name: string,
   options: ServeOptions = {},
-): Promise<Serving> {
+): Promise<Greeting> {
   const server = new grpc.Server();
   server.addService(Greeter.service, {
     SayHello(
@@ -93,5 +99,11 @@ export async function startGreeter(
       else reply();
     },
   });
-  return await serve(server, client, service, { metadata: { name }, ...options });
+  const serving = await serve(server, client, service, { metadata: { name }, ...options });
+  return {
+    ...serving,
+    crash() {
+      server.forceShutdown();
+    },
+  };
 }

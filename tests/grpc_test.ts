@@ -6,7 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProto } from "grpc-health-check";
 import { connect, resolve } from "../mod.ts";
-import { dial, serve } from "../grpc.ts";
+import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
 import { startEtcd } from "./etcd_server.ts";
 import { type GreeterProcess, spawnGreeter } from "./greeter_process.ts";
@@ -299,4 +299,56 @@ Deno.test("grpc: dial() shares the resolve() watch and close() releases it", asy
     2000,
     async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === base,
   );
+});
+
+Deno.test("grpc: the etcd:/// resolver feeds grpc-js round_robin and restarts after idle", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  using _binding = registerEtcdResolver(client);
+  await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
+  await using _b = await startGreeter(client, SERVICE, "b", { drainMs: 0 });
+  const base = await etcd.metric("etcd_debugging_mvcc_watcher_total"); // the two registrations
+  const greeter = new Greeter(`etcd:///${SERVICE}`, grpc.credentials.createInsecure(), {
+    "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+    "grpc.client_idle_timeout_ms": 1000,
+  });
+  try {
+    const counts = new Map<string, number>();
+    await until("both instances answer", 5000, async () => {
+      const { instance } = await sayHello(greeter, { name: "x" });
+      counts.set(instance, (counts.get(instance) ?? 0) + 1);
+      return counts.size === 2;
+    });
+    assert.equal(await etcd.metric("etcd_debugging_mvcc_watcher_total"), base + 1, "one watch");
+    // Idle: grpc-js destroys the resolver, which releases the watch.
+    await until(
+      "resolver destroyed on idle",
+      5000,
+      async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === base,
+    );
+    // The next call restarts it.
+    await using _c = await startGreeter(client, SERVICE, "c", { drainMs: 0 });
+    const seen = new Set<string>();
+    await until("all three after restart", 5000, async () => {
+      seen.add((await sayHello(greeter, { name: "y" })).instance);
+      return seen.size === 3;
+    });
+    assert.equal(
+      await etcd.metric("etcd_debugging_mvcc_watcher_total"),
+      base + 2,
+      "watching again",
+    );
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("grpc: registerEtcdResolver() rejects a bad or taken scheme", () => {
+  const client = { hosts: [] } as never;
+  assert.throws(
+    () => registerEtcdResolver(client, { scheme: "Bad Scheme" }),
+    /options.scheme must be a lower-case URI scheme, got "Bad Scheme"/,
+  );
+  using _first = registerEtcdResolver(client, { scheme: "etcd-test" });
+  assert.throws(() => registerEtcdResolver(client, { scheme: "etcd-test" }), /already bound/);
 });
