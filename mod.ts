@@ -46,6 +46,9 @@ export { applyUpdates, diffViews } from "./src/view.ts";
 export { backoff, type BackoffOptions } from "./src/backoff.ts";
 export type { Balancer, BalancerContext, Picker, PickInfo } from "./src/balancers/balancer.ts";
 export { roundRobin } from "./src/balancers/round_robin.ts";
+export { weightedRoundRobin } from "./src/balancers/weighted_round_robin.ts";
+export { p2c, random, type RandomOptions } from "./src/balancers/random.ts";
+export { consistentHash, type ConsistentHashOptions } from "./src/balancers/consistent_hash.ts";
 export {
   ClientClosedError,
   CompactedError,

@@ -86,6 +86,7 @@ export async function startGreeter(
   service: string,
   name: string,
   options: ServeOptions = {},
+  behaviour: { delayMs?: number } = {},
 ): Promise<Greeting> {
   const server = new grpc.Server();
   server.addService(Greeter.service, {
@@ -94,7 +95,7 @@ export async function startGreeter(
       callback: grpc.sendUnaryData<HelloReply>,
     ) {
       const reply = () => callback(null, { message: `hello ${call.request.name}`, instance: name });
-      const delay = call.request.delay_ms ?? 0;
+      const delay = (call.request.delay_ms ?? 0) + (behaviour.delayMs ?? 0);
       if (delay > 0) setTimeout(reply, delay);
       else reply();
     },

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProto } from "grpc-health-check";
-import { connect, resolve } from "../mod.ts";
+import { type Balancer, connect, p2c, resolve, roundRobin } from "../mod.ts";
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
 import { startEtcd } from "./etcd_server.ts";
@@ -351,4 +351,37 @@ Deno.test("grpc: registerEtcdResolver() rejects a bad or taken scheme", () => {
   );
   using _first = registerEtcdResolver(client, { scheme: "etcd-test" });
   assert.throws(() => registerEtcdResolver(client, { scheme: "etcd-test" }), /already bound/);
+});
+
+Deno.test("grpc: p2c shifts load away from a slow instance; roundRobin does not", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  await using _fast = await startGreeter(client, SERVICE, "fast", { drainMs: 0 });
+  await using _slow = await startGreeter(client, SERVICE, "slow", { drainMs: 0 }, { delayMs: 40 });
+  const share = async (balancer: Balancer): Promise<number> => {
+    const greeter = dial(client, SERVICE, Greeter, { balancer });
+    try {
+      await until("both ready", 5000, async () => {
+        const seen = new Set<string>();
+        for (let i = 0; i < 4; i++) seen.add((await sayHello(greeter, { name: "w" })).instance);
+        return seen.size === 2;
+      });
+      const load = new Load(greeter, { workers: 8, pauseMs: 0 });
+      await sleep(1500);
+      await load.stop();
+      assert.deepEqual(load.failures, []);
+      return load.answeredBy("slow") / load.records.length;
+    } finally {
+      greeter.close();
+    }
+  };
+  const rr = await share(roundRobin);
+  const twoChoices = await share(p2c);
+  console.log(
+    `share of calls to the slow instance: roundRobin ${rr.toFixed(2)}, p2c ${
+      twoChoices.toFixed(2)
+    }`,
+  );
+  assert.ok(rr > 0.4 && rr < 0.6, `roundRobin sent ${rr} to the slow instance`);
+  assert.ok(twoChoices < 0.2, `p2c sent ${twoChoices} to the slow instance`);
 });

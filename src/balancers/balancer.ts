@@ -16,7 +16,9 @@ export interface PickInfo {
 /** What a balancer may know about the endpoints besides the list itself. */
 export interface BalancerContext {
   /** The number of calls in flight to an endpoint of the list. */
-  inflight(endpoint: Endpoint): number;
+  inflight?(endpoint: Endpoint): number;
+  /** Where a balancer reports a problem with the endpoints (such as a bad weight). */
+  report?(error: Error): void;
 }
 
 /** Returns the endpoint for the next call, or `undefined` when there is none. */

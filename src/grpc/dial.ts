@@ -195,6 +195,8 @@ class BalancedChannel implements grpc.ChannelInterface {
   readonly #entries = new Map<string, Entry>();
   readonly #byEndpoint = new Map<Endpoint, Entry>();
   readonly #queue = new Set<PickedCall>();
+  readonly #reported = new Set<string>();
+  readonly #onError: (error: Error) => void;
   readonly #watchers = new Set<
     { state: State; callback: (error?: Error) => void; timer?: ReturnType<typeof setTimeout> }
   >();
@@ -215,6 +217,8 @@ class BalancedChannel implements grpc.ChannelInterface {
     this.#credentials = options.credentials ?? grpc.credentials.createInsecure();
     this.#channelOptions = options.channelOptions ?? {};
     this.#balancer = options.balancer ?? roundRobin;
+    this.#onError = options.onError ??
+      ((error) => console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`));
     this.#resolution = resolve(client, service, { onError: options.onError });
     void this.#follow();
   }
@@ -300,6 +304,12 @@ class BalancedChannel implements grpc.ChannelInterface {
     this.#ready = ready.length;
     this.#picker = this.#balancer(ready, {
       inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
+      report: (error) => {
+        // Each distinct problem once per client, not once per rebuild.
+        if (this.#reported.has(error.message) || this.#reported.size > 1000) return;
+        this.#reported.add(error.message);
+        this.#onError(error);
+      },
     });
     this.#setState(this.#aggregate());
     for (const call of [...this.#queue]) this.pick(call);

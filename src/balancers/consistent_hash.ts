@@ -1,0 +1,110 @@
+/**
+ * Consistent hashing on a ring of virtual nodes. Pure.
+ *
+ * @module
+ */
+import type { Endpoint } from "../endpoint.ts";
+import type { BalancerContext, Picker, PickInfo } from "./balancer.ts";
+
+/** Options of {@linkcode consistentHash}. */
+export interface ConsistentHashOptions {
+  /** The request metadata header whose value is the routing key. Default `"x-hash-key"`. */
+  readonly header?: string;
+  /** Computes the routing key of a call instead of `header`. */
+  readonly key?: (info: PickInfo) => string | undefined;
+  /** Points on the ring per endpoint. Default 100. */
+  readonly replicas?: number;
+}
+
+const encoder = new TextEncoder();
+
+/** 32-bit FNV-1a with a final avalanche (murmur3's fmix32). */
+function hash32(text: string): number {
+  let h = 0x811c9dc5;
+  for (const byte of encoder.encode(text)) {
+    h ^= byte;
+    h = Math.imul(h, 0x01000193);
+  }
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/**
+ * Builds a picker that routes every call with the same key to the same
+ * endpoint while the set of endpoints is unchanged, and when one of n endpoints
+ * joins or leaves, moves only about 1/n of the keys (those of that endpoint).
+ * The key comes from `options.key`, else from the request header
+ * `options.header`; calls without a key go round robin. Ring positions derive
+ * from `addr`, so every client builds the same ring.
+ *
+ * Building is O(n·r log(n·r)) for r replicas; each pick is O(log(n·r)).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { consistentHash } from "@seed/grpc-etcd";
+ * const endpoints = [{ addr: "a:1" }, { addr: "b:1" }, { addr: "c:1" }];
+ * const pick = consistentHash(endpoints, undefined, { key: (info) => info.header("user") });
+ * const call = (user: string) => ({ method: "/x.Y/Z", header: (n: string) => n === "user" ? user : undefined });
+ * assert.equal(pick(call("alice"))?.addr, pick(call("alice"))?.addr);
+ * ```
+ *
+ * @param endpoints the endpoints
+ * @param _context unused
+ * @param options where the key comes from, and the ring's resolution
+ * @returns the picker
+ * @throws {RangeError} when `replicas` is not a positive integer
+ */
+export function consistentHash(
+  endpoints: readonly Endpoint[],
+  _context?: BalancerContext,
+  options: ConsistentHashOptions = {},
+): Picker {
+  const replicas = options.replicas ?? 100;
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > 10_000) {
+    throw new RangeError(`options.replicas must be an integer from 1 to 10000, got ${replicas}`);
+  }
+  const header = (options.header ?? "x-hash-key").toLowerCase();
+  const keyOf = options.key ?? ((info: PickInfo) => info.header(header));
+  const items = endpoints.slice();
+  const n = items.length;
+  if (n === 0) return () => undefined;
+  const size = n * replicas;
+  const points = new Uint32Array(size);
+  const owners = new Int32Array(size);
+  const order = new Uint32Array(size);
+  for (let i = 0; i < n; i++) {
+    for (let r = 0; r < replicas; r++) {
+      points[i * replicas + r] = hash32(`${items[i]!.addr}#${r}`);
+    }
+  }
+  for (let p = 0; p < size; p++) order[p] = p;
+  order.sort((x, y) => points[x]! - points[y]! || x - y);
+  const ring = new Uint32Array(size);
+  for (let p = 0; p < size; p++) {
+    ring[p] = points[order[p]!]!;
+    owners[p] = Math.floor(order[p]! / replicas);
+  }
+  let next = 0;
+  return (info) => {
+    const key = info ? keyOf(info) : undefined;
+    if (key === undefined) {
+      const item = items[next];
+      next = next + 1 === n ? 0 : next + 1;
+      return item;
+    }
+    const h = hash32(key);
+    let lo = 0;
+    let hi = size;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (ring[mid]! < h) lo = mid + 1;
+      else hi = mid;
+    }
+    return items[owners[lo === size ? 0 : lo]!];
+  };
+}

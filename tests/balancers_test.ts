@@ -1,0 +1,208 @@
+import assert from "node:assert/strict";
+import {
+  consistentHash,
+  type Endpoint,
+  p2c,
+  type PickInfo,
+  random,
+  roundRobin,
+  weightedRoundRobin,
+} from "../mod.ts";
+
+/** A seeded generator (Park–Miller), so every run draws the same numbers. */
+function seeded(seed: number): () => number {
+  let state = seed;
+  return () => (state = (state * 48271) % 2147483647) / 2147483647;
+}
+
+const endpoints = (n: number, weight?: (i: number) => unknown): Endpoint[] =>
+  Array.from({ length: n }, (_, i) => ({
+    addr: `10.0.${i >> 8}.${i & 255}:50051`,
+    metadata: weight ? { weight: weight(i) } : undefined,
+  }));
+
+function maxCyclicRun(sequence: string[], who: string): number {
+  let best = 0;
+  let run = 0;
+  for (const item of [...sequence, ...sequence]) {
+    run = item === who ? run + 1 : 0;
+    best = Math.max(best, run);
+  }
+  return Math.min(best, sequence.length);
+}
+
+Deno.test("weightedRoundRobin() picks each endpoint exactly `weight` times per sum(weights) picks", async (t) => {
+  const rng = seeded(11);
+  const sets = [
+    [1],
+    [3, 1],
+    [5, 1, 1],
+    [2, 2, 1],
+    [7, 3, 2, 1],
+    Array.from({ length: 50 }, () => 1 + Math.floor(rng() * 20)),
+  ];
+  for (const weights of sets) {
+    await t.step(weights.length > 5 ? "50 random weights" : JSON.stringify(weights), () => {
+      const list = endpoints(weights.length, (i) => weights[i]);
+      const pick = weightedRoundRobin(list);
+      const total = weights.reduce((a, b) => a + b, 0);
+      for (let period = 0; period < 3; period++) {
+        const counts = new Map<string, number>();
+        for (let k = 0; k < total; k++) {
+          const addr = pick()!.addr;
+          counts.set(addr, (counts.get(addr) ?? 0) + 1);
+        }
+        assert.deepEqual(list.map((e) => counts.get(e.addr) ?? 0), weights, `period ${period}`);
+      }
+    });
+  }
+});
+
+Deno.test("weightedRoundRobin() spreads a heavy endpoint's picks out (no bursts)", () => {
+  for (const weights of [[5, 1, 1], [3, 1], [4, 2, 1, 1], [6, 1, 1, 1]]) {
+    const list = endpoints(weights.length, (i) => weights[i]);
+    const pick = weightedRoundRobin(list);
+    const total = weights.reduce((a, b) => a + b, 0);
+    const sequence = Array.from({ length: total }, () => pick()!.addr);
+    const heavy = list[0]!.addr;
+    const others = total - weights[0]!;
+    const ideal = Math.ceil(weights[0]! / others);
+    assert.ok(
+      maxCyclicRun(sequence, heavy) <= ideal + 1,
+      `${JSON.stringify(weights)}: run of ${maxCyclicRun(sequence, heavy)} (ideal ${ideal})`,
+    );
+  }
+  // A burst-free order for 5:1:1 has runs of at most 3, where "aaaaabc" has 5.
+  const pick = weightedRoundRobin(endpoints(3, (i) => [5, 1, 1][i]));
+  const letters = Array.from(
+    { length: 7 },
+    () => "abc"[Number(pick()!.addr.split(".")[3]!.split(":")[0])],
+  );
+  assert.equal(maxCyclicRun(letters, "a"), 3, letters.join(""));
+});
+
+Deno.test("weightedRoundRobin() treats bad weights as 1 and reports each", () => {
+  const reports: Error[] = [];
+  const list: Endpoint[] = [
+    { addr: "a:1", metadata: { weight: 0 } },
+    { addr: "b:1", metadata: { weight: "3" } },
+    { addr: "c:1", metadata: { weight: 2.5 } },
+    { addr: "d:1", metadata: { weight: 2 } },
+    { addr: "e:1" },
+  ];
+  const pick = weightedRoundRobin(list, { report: (e) => reports.push(e) });
+  assert.ok(pick());
+  assert.equal(reports.length, 3);
+  assert.match(
+    reports[1]!.message,
+    /b:1 has metadata.weight "3"; a weight must be a positive integer, so 1 is used/,
+  );
+  const again = weightedRoundRobin(list);
+  const seen = Array.from({ length: 6 }, () => again()!.addr).sort();
+  assert.deepEqual(seen, ["a:1", "b:1", "c:1", "d:1", "d:1", "e:1"]);
+  assert.equal(weightedRoundRobin([])(), undefined);
+});
+
+Deno.test("random() is uniform and takes its randomness from the caller", () => {
+  const list = endpoints(4);
+  assert.equal(random(list, undefined, { random: () => 0 })(), list[0]);
+  assert.equal(random(list, undefined, { random: () => 0.99 })(), list[3]);
+  const pick = random(list, undefined, { random: seeded(3) });
+  const counts = new Map<string, number>();
+  for (let i = 0; i < 40_000; i++) {
+    const addr = pick()!.addr;
+    counts.set(addr, (counts.get(addr) ?? 0) + 1);
+  }
+  for (const n of counts.values()) assert.ok(n > 9_000 && n < 11_000, `count ${n}`);
+  assert.equal(random([])(), undefined);
+});
+
+Deno.test("p2c() takes the less loaded of two different endpoints", () => {
+  const list = endpoints(3);
+  const load = new Map([[list[0]!.addr, 10], [list[1]!.addr, 0], [list[2]!.addr, 5]]);
+  const pick = p2c(list, { inflight: (e) => load.get(e.addr)! }, { random: seeded(5) });
+  const counts = new Map<string, number>();
+  for (let i = 0; i < 3000; i++) {
+    const addr = pick()!.addr;
+    counts.set(addr, (counts.get(addr) ?? 0) + 1);
+  }
+  // The most loaded endpoint loses every draw it is in.
+  assert.equal(counts.get(list[0]!.addr), undefined);
+  // The least loaded wins every draw it is in: 2 of the 3 pairs.
+  const share = (counts.get(list[1]!.addr) ?? 0) / 3000;
+  assert.ok(share > 0.6 && share < 0.73, `share ${share}`);
+  // Without load information it is uniform.
+  const plain = p2c(list, undefined, { random: seeded(9) });
+  const seen = new Set(Array.from({ length: 100 }, () => plain()!.addr));
+  assert.equal(seen.size, 3);
+  assert.equal(p2c([])(), undefined);
+});
+
+const call = (key: string | undefined): PickInfo => ({
+  method: "/demo.Svc/Get",
+  header: (name) => (name === "x-hash-key" ? key : undefined),
+});
+
+Deno.test("consistentHash() is sticky and moves about 1/n of the keys when one of n changes", () => {
+  const keys = Array.from({ length: 10_000 }, (_, i) => `user-${i}`);
+  const ten = endpoints(10);
+  const before = consistentHash(ten);
+  const owner = new Map(keys.map((k) => [k, before(call(k))!.addr]));
+  // Sticky, and the same on another client building the same ring.
+  const again = consistentHash([...ten].reverse());
+  for (const k of keys.slice(0, 500)) assert.equal(again(call(k))!.addr, owner.get(k));
+  // Spread: each of 10 endpoints owns 5–15 % of the keys.
+  const perOwner = new Map<string, number>();
+  for (const addr of owner.values()) perOwner.set(addr, (perOwner.get(addr) ?? 0) + 1);
+  for (const n of perOwner.values()) assert.ok(n > 500 && n < 1500, `owns ${n}`);
+
+  // Remove one: only its keys move.
+  const removed = ten[3]!.addr;
+  const nine = consistentHash(ten.filter((e) => e.addr !== removed));
+  let moved = 0;
+  for (const k of keys) {
+    const now = nine(call(k))!.addr;
+    if (now !== owner.get(k)) {
+      moved++;
+      assert.equal(owner.get(k), removed, `${k} moved from a live endpoint`);
+    }
+  }
+  assert.equal(moved, perOwner.get(removed));
+  assert.ok(moved / keys.length > 0.05 && moved / keys.length < 0.15, `moved ${moved}`);
+
+  // Add one: only keys that now go to it move.
+  const added = { addr: "10.9.9.9:50051" };
+  const eleven = consistentHash([...ten, added]);
+  let gained = 0;
+  for (const k of keys) {
+    const now = eleven(call(k))!.addr;
+    if (now !== owner.get(k)) {
+      gained++;
+      assert.equal(now, added.addr);
+    }
+  }
+  assert.ok(gained / keys.length > 0.04 && gained / keys.length < 0.15, `moved ${gained}`);
+});
+
+Deno.test("consistentHash() without a key goes round robin; bad options name the argument", () => {
+  const list = endpoints(3);
+  const pick = consistentHash(list);
+  assert.deepEqual([pick(call(undefined)), pick(), pick()], list);
+  assert.throws(
+    () => consistentHash(list, undefined, { replicas: 0 }),
+    /options.replicas must be an integer from 1 to 10000, got 0/,
+  );
+  const byKey = consistentHash(list, undefined, { key: (info) => info.method });
+  assert.equal(byKey(call("a")), byKey(call("b")), "a custom key function decides");
+  assert.equal(consistentHash([])(), undefined);
+});
+
+Deno.test("every balancer returns undefined for no endpoints and copies its input", () => {
+  for (const balancer of [roundRobin, weightedRoundRobin, random, p2c, consistentHash]) {
+    assert.equal(balancer([])(), undefined, balancer.name);
+    const list = endpoints(2);
+    const pick = balancer(list);
+    list.length = 0;
+    assert.ok(pick(call("k")) !== undefined, balancer.name);
+  }
+});
