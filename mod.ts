@@ -42,7 +42,7 @@ export {
   servicePrefix,
   type Update,
 } from "./src/endpoint.ts";
-export { applyUpdates, diffViews } from "./src/view.ts";
+export { applyUpdates, applyUpdatesInPlace, diffViews } from "./src/view.ts";
 export { backoff, type BackoffOptions } from "./src/backoff.ts";
 export type { Balancer, BalancerContext, Picker, PickInfo } from "./src/balancers/balancer.ts";
 export { roundRobin } from "./src/balancers/round_robin.ts";

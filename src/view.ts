@@ -30,12 +30,7 @@ export function applyUpdates(
   view: ReadonlyMap<string, Endpoint>,
   batch: readonly Update[],
 ): Map<string, Endpoint> {
-  const next = new Map(view);
-  for (const update of batch) {
-    if (update.op === "add") next.set(update.key, update.endpoint);
-    else next.delete(update.key);
-  }
-  return next;
+  return applyUpdatesInPlace(new Map(view), batch);
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
@@ -80,4 +75,33 @@ export function diffViews(
     }
   }
   return updates;
+}
+
+/**
+ * Applies a batch of updates to a view in place, in O(batch) time: for large
+ * views whose owner does not share them ({@linkcode applyUpdates} copies the
+ * whole view, O(n)).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { applyUpdatesInPlace, type Endpoint } from "@seed/grpc-etcd";
+ * const view = new Map<string, Endpoint>();
+ * applyUpdatesInPlace(view, [{ op: "add", key: "svc/a:1", endpoint: { addr: "a:1" } }]);
+ * assert.equal(view.size, 1);
+ * ```
+ *
+ * @param view the view to change
+ * @param batch the updates, in order
+ * @returns the same map
+ */
+export function applyUpdatesInPlace(
+  view: Map<string, Endpoint>,
+  batch: readonly Update[],
+): Map<string, Endpoint> {
+  for (const update of batch) {
+    if (update.op === "add") view.set(update.key, update.endpoint);
+    else view.delete(update.key);
+  }
+  return view;
 }

@@ -12,17 +12,21 @@ export interface ConsistentHashOptions {
   readonly header?: string;
   /** Computes the routing key of a call instead of `header`. */
   readonly key?: (info: PickInfo) => string | undefined;
-  /** Points on the ring per endpoint. Default 100. */
+  /**
+   * Points on the ring per endpoint. Default 100, lowered for large lists so the
+   * ring stays near 100,000 points (10 per endpoint at least).
+   */
   readonly replicas?: number;
 }
 
-const encoder = new TextEncoder();
+const SLOTS = 2 ** 21;
+const BUCKETS = 1 << 16;
 
-/** 32-bit FNV-1a with a final avalanche (murmur3's fmix32). */
+/** 32-bit FNV-1a over UTF-16 code units, with murmur3's final avalanche (fmix32). */
 function hash32(text: string): number {
   let h = 0x811c9dc5;
-  for (const byte of encoder.encode(text)) {
-    h ^= byte;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
   h ^= h >>> 16;
@@ -64,9 +68,17 @@ export function consistentHash(
   _context?: BalancerContext,
   options: ConsistentHashOptions = {},
 ): Picker {
-  const replicas = options.replicas ?? 100;
+  const replicas = options.replicas ??
+    Math.max(10, Math.min(100, Math.ceil(100_000 / Math.max(1, endpoints.length))));
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > 10_000) {
     throw new RangeError(`options.replicas must be an integer from 1 to 10000, got ${replicas}`);
+  }
+  if (endpoints.length * replicas >= SLOTS) {
+    throw new RangeError(
+      `consistentHash supports up to ${
+        SLOTS - 1
+      } ring points; ${endpoints.length} endpoints × ${replicas} replicas is more`,
+    );
   }
   const header = (options.header ?? "x-hash-key").toLowerCase();
   const keyOf = options.key ?? ((info: PickInfo) => info.header(header));
@@ -74,20 +86,27 @@ export function consistentHash(
   const n = items.length;
   if (n === 0) return () => undefined;
   const size = n * replicas;
-  const points = new Uint32Array(size);
-  const owners = new Int32Array(size);
-  const order = new Uint32Array(size);
+  // Sort (point, owner) pairs natively: point × 2^21 + slot is exact below 2^53.
+  const packed = new Float64Array(size);
   for (let i = 0; i < n; i++) {
     for (let r = 0; r < replicas; r++) {
-      points[i * replicas + r] = hash32(`${items[i]!.addr}#${r}`);
+      const slot = i * replicas + r;
+      packed[slot] = hash32(`${items[i]!.addr}#${r}`) * SLOTS + slot;
     }
   }
-  for (let p = 0; p < size; p++) order[p] = p;
-  order.sort((x, y) => points[x]! - points[y]! || x - y);
+  packed.sort();
   const ring = new Uint32Array(size);
+  const owners = new Int32Array(size);
   for (let p = 0; p < size; p++) {
-    ring[p] = points[order[p]!]!;
-    owners[p] = Math.floor(order[p]! / replicas);
+    const slot = packed[p]! % SLOTS;
+    ring[p] = (packed[p]! - slot) / SLOTS;
+    owners[p] = Math.floor(slot / replicas);
+  }
+  // An index by the top 16 bits of a hash narrows each lookup to a few ring points.
+  const buckets = new Uint32Array(BUCKETS + 1);
+  for (let b = 0, p = 0; b <= BUCKETS; b++) {
+    while (p < size && ring[p]! >>> 16 < b) p++;
+    buckets[b] = p;
   }
   let next = 0;
   return (info) => {
@@ -98,8 +117,9 @@ export function consistentHash(
       return item;
     }
     const h = hash32(key);
-    let lo = 0;
-    let hi = size;
+    const b = h >>> 16;
+    let lo = buckets[b]!;
+    let hi = buckets[b + 1]!;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (ring[mid]! < h) lo = mid + 1;

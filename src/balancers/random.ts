@@ -8,8 +8,22 @@ import type { BalancerContext, Picker } from "./balancer.ts";
 
 /** Options of {@linkcode random} and {@linkcode p2c}. */
 export interface RandomOptions {
-  /** A source of numbers in [0, 1). Default `Math.random`. */
+  /**
+   * A source of numbers in [0, 1). Default: a xorshift32 generator seeded from
+   * `Math.random` (fast; fine for spreading load, not for secrets).
+   */
   readonly random?: () => number;
+}
+
+/** A xorshift32 generator seeded from `Math.random`. */
+function xorshift(): () => number {
+  let state = (Math.random() * 0xffffffff) >>> 0 || 0x9e3779b9;
+  return () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) / 0x100000000;
+  };
 }
 
 /**
@@ -35,7 +49,7 @@ export function random(
 ): Picker {
   const items = endpoints.slice();
   const n = items.length;
-  const rng = options.random ?? Math.random;
+  const rng = options.random ?? xorshift();
   if (n === 0) return () => undefined;
   return () => items[Math.floor(rng() * n)];
 }
@@ -67,7 +81,7 @@ export function p2c(
 ): Picker {
   const items = endpoints.slice();
   const n = items.length;
-  const rng = options.random ?? Math.random;
+  const rng = options.random ?? xorshift();
   const inflight = context?.inflight;
   if (n === 0) return () => undefined;
   if (n === 1 || !inflight) return () => items[Math.floor(rng() * n)];

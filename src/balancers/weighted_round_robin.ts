@@ -7,6 +7,8 @@ import type { Endpoint } from "../endpoint.ts";
 import type { BalancerContext, Picker } from "./balancer.ts";
 
 const GOLDEN = 0.6180339887498949;
+/** Periods up to this many picks are recorded and replayed (4 MiB). */
+const MAX_RECORD = 1 << 20;
 
 /** Reads `metadata.weight`: a positive safe integer, else `undefined`. */
 function weightOf(endpoint: Endpoint): number | undefined {
@@ -26,7 +28,8 @@ function weightOf(endpoint: Endpoint): number | undefined {
  * phases φ in (0, 1] spread by the golden ratio so that light endpoints fall
  * between a heavy one's picks instead of all together.
  *
- * Building is O(n); each pick is O(log n).
+ * Building is O(n); a pick is O(log n) during the first period and O(1) after
+ * (the first period's order is recorded, for periods of up to 2^20 picks).
  *
  * @example
  * ```ts
@@ -101,15 +104,21 @@ export function weightedRoundRobin(
     for (let i = (n >> 1) - 1; i >= 0; i--) down(i);
   };
   reset();
+  // The first period runs on the heap and records its order; later periods replay
+  // the record, so picks become O(1) (unless the period is too long to record).
+  const record = total <= MAX_RECORD ? new Int32Array(total) : undefined;
   let picked = 0;
+  let replaying = false;
   return () => {
     if (picked === total) {
-      // A period is over; starting again keeps the integers small.
       picked = 0;
-      reset();
+      if (record) replaying = true;
+      else reset();
     }
-    picked++;
+    if (replaying) return items[record![picked++]!];
     const top = heap[0]!;
+    if (record) record[picked] = top;
+    picked++;
     next[top] = next[top]! + 1;
     down(0);
     return items[top];
