@@ -59,6 +59,8 @@ export interface EtcdServer extends AsyncDisposable {
   metric(name: string): Promise<number>;
   /** Stops the process and removes the data directory. */
   close(): Promise<void>;
+  /** Kills the process and removes the data directory at once (for `unload` handlers). */
+  closeSync(): void;
 }
 
 async function healthy(endpoint: string, deadline: number): Promise<void> {
@@ -96,6 +98,7 @@ class ExternalEtcd implements EtcdServer {
   close(): Promise<void> {
     return Promise.resolve();
   }
+  closeSync(): void {}
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
@@ -186,6 +189,19 @@ class LocalEtcd implements EtcdServer {
   async close(): Promise<void> {
     await this.stop({ kill: true });
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+  }
+
+  closeSync(): void {
+    try {
+      this.#child?.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    try {
+      Deno.removeSync(this.#dir, { recursive: true });
+    } catch {
+      // already removed
+    }
   }
 
   [Symbol.asyncDispose](): Promise<void> {
