@@ -104,6 +104,27 @@ class ExternalEtcd implements EtcdServer {
   }
 }
 
+/**
+ * Waits until a gauge of etcd's /metrics equals `value` (watches are created
+ * asynchronously: a registration's key watch starts just after `register()`
+ * returns), and fails saying what it last read.
+ */
+export async function waitForMetric(
+  server: EtcdServer,
+  name: string,
+  value: number,
+  ms = 3000,
+): Promise<number> {
+  const deadline = Date.now() + ms;
+  let last = NaN;
+  while (Date.now() < deadline) {
+    last = await server.metric(name);
+    if (last === value) return last;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`${name} stayed at ${last}, expected ${value}`);
+}
+
 async function readMetric(endpoint: string, name: string): Promise<number> {
   const text = await (await fetch(`${endpoint}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));

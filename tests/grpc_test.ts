@@ -8,7 +8,9 @@ import { protoPath as healthProto } from "grpc-health-check";
 import { type Balancer, connect, p2c, resolve, roundRobin } from "../mod.ts";
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
-import { startEtcd } from "./etcd_server.ts";
+import { startEtcd, waitForMetric } from "./etcd_server.ts";
+
+const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { type GreeterProcess, spawnGreeter } from "./greeter_process.ts";
 import { Load } from "./load.ts";
 
@@ -283,22 +285,18 @@ Deno.test("grpc: dial() shares the resolve() watch and close() releases it", asy
   await using etcd = await startEtcd();
   await using client = connect({ hosts: etcd.endpoint });
   await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
-  const base = await etcd.metric("etcd_debugging_mvcc_watcher_total");
+  const base = await waitForMetric(etcd, WATCHERS, 1); // the registration's key watch
   const it = resolve(client, SERVICE);
   await it.next();
   const g1 = dial(client, SERVICE, Greeter);
   const g2 = dial(client, SERVICE, Greeter);
   assert.equal((await sayHello(g1, { name: "x" })).instance, "a");
   assert.equal((await sayHello(g2, { name: "x" })).instance, "a");
-  assert.equal(await etcd.metric("etcd_debugging_mvcc_watcher_total"), base + 1);
+  await waitForMetric(etcd, WATCHERS, base + 1);
   g1.close();
   g2.close();
   await it.return();
-  await until(
-    "watch released",
-    2000,
-    async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === base,
-  );
+  await waitForMetric(etcd, WATCHERS, base); // released
 });
 
 Deno.test("grpc: the etcd:/// resolver feeds grpc-js round_robin and restarts after idle", async () => {
@@ -307,7 +305,7 @@ Deno.test("grpc: the etcd:/// resolver feeds grpc-js round_robin and restarts af
   using _binding = registerEtcdResolver(client);
   await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
   await using _b = await startGreeter(client, SERVICE, "b", { drainMs: 0 });
-  const base = await etcd.metric("etcd_debugging_mvcc_watcher_total"); // the two registrations
+  const base = await waitForMetric(etcd, WATCHERS, 2); // the registrations' key watches
   const greeter = new Greeter(`etcd:///${SERVICE}`, grpc.credentials.createInsecure(), {
     "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
     "grpc.client_idle_timeout_ms": 1000,
@@ -319,13 +317,9 @@ Deno.test("grpc: the etcd:/// resolver feeds grpc-js round_robin and restarts af
       counts.set(instance, (counts.get(instance) ?? 0) + 1);
       return counts.size === 2;
     });
-    assert.equal(await etcd.metric("etcd_debugging_mvcc_watcher_total"), base + 1, "one watch");
+    await waitForMetric(etcd, WATCHERS, base + 1); // one watch
     // Idle: grpc-js destroys the resolver, which releases the watch.
-    await until(
-      "resolver destroyed on idle",
-      5000,
-      async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === base,
-    );
+    await waitForMetric(etcd, WATCHERS, base, 5000);
     // The next call restarts it.
     await using _c = await startGreeter(client, SERVICE, "c", { drainMs: 0 });
     const seen = new Set<string>();
@@ -333,11 +327,7 @@ Deno.test("grpc: the etcd:/// resolver feeds grpc-js round_robin and restarts af
       seen.add((await sayHello(greeter, { name: "y" })).instance);
       return seen.size === 3;
     });
-    assert.equal(
-      await etcd.metric("etcd_debugging_mvcc_watcher_total"),
-      base + 2,
-      "watching again",
-    );
+    await waitForMetric(etcd, WATCHERS, base + 2); // watching again
   } finally {
     greeter.close();
   }

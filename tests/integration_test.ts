@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { Etcd3 } from "etcd3";
 import {
   applyUpdates,
+  ClientClosedError,
   CompactedError,
   connect,
   type Endpoint,
@@ -15,7 +16,9 @@ import {
   resolve,
   type Update,
 } from "../mod.ts";
-import { freePort, startEtcd } from "./etcd_server.ts";
+import { freePort, startEtcd, waitForMetric } from "./etcd_server.ts";
+
+const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { TcpProxy } from "./tcp_proxy.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -163,7 +166,7 @@ Deno.test("etcd: resolve() streams the snapshot then each change, and resolvers 
   await using client = connect({ hosts: etcd.endpoint });
   await using a = await register(client, "svc/echo", { addr: "127.0.0.1:10" });
   await using _other = await register(client, "svc/echoX", { addr: "127.0.0.1:11" }); // must not leak in
-  const before = await etcd.metric("etcd_debugging_mvcc_watcher_total");
+  const before = await waitForMetric(etcd, WATCHERS, 2); // the registrations' key watches
   const r1 = resolve(client, "svc/echo");
   const r2 = resolve(client, "svc/echo");
   const r3 = resolve(client, "svc/echo");
@@ -171,12 +174,7 @@ Deno.test("etcd: resolve() streams the snapshot then each change, and resolvers 
   assert.deepEqual(await next(r1), snapshot);
   assert.deepEqual(await next(r2), snapshot);
   assert.deepEqual(await next(r3), snapshot);
-  // One etcd watch for three resolvers (polled: a watch stream that etcd resets is re-created).
-  await until(
-    "one etcd watch for three resolvers",
-    3000,
-    async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === before + 1,
-  );
+  await waitForMetric(etcd, WATCHERS, before + 1); // one etcd watch for three resolvers
   const b = await register(client, "svc/echo", { addr: "127.0.0.1:12", metadata: 7 });
   for (const r of [r1, r2, r3]) {
     assert.deepEqual(await next(r), [{
@@ -190,11 +188,7 @@ Deno.test("etcd: resolve() streams the snapshot then each change, and resolvers 
   await r1.return();
   await r2.return();
   await r3[Symbol.asyncDispose]();
-  await until(
-    "watch released",
-    2000,
-    async () => (await etcd.metric("etcd_debugging_mvcc_watcher_total")) === before,
-  );
+  await waitForMetric(etcd, WATCHERS, before); // released
 });
 
 Deno.test("etcd: after a reconnect resolve() misses no change and repeats none", async () => {
@@ -322,4 +316,43 @@ Deno.test("etcd: bad values are skipped and reported; Go-written values are read
     "svc/echo/bad-json",
     "svc/echo/huge",
   ]);
+});
+
+Deno.test("etcd: connect() wraps an existing Etcd3 without owning it", async () => {
+  await using etcd = await startEtcd();
+  await using mine = raw(etcd.endpoint);
+  const client = connect(mine);
+  assert.deepEqual(client.hosts, [etcd.endpoint]);
+  await using reg = await register(client, "svc/wrapped", { addr: "127.0.0.1:30" });
+  assert.notEqual(await mine.get(reg.key).string(), null);
+  await reg.close();
+  await client.close();
+  await mine.put("still/usable").value("yes");
+  assert.equal(
+    await mine.get("still/usable").string(),
+    "yes",
+    "closing the wrapper left etcd3 open",
+  );
+  await assert.rejects(client.get("x"), ClientClosedError);
+});
+
+Deno.test("connect() names bad options", () => {
+  assert.throws(() => connect({ hosts: [] }), /options.hosts must be a non-empty string or array/);
+  assert.throws(
+    () => connect({ hosts: "nope" }),
+    /options.hosts entries must be "host:port" or "http\(s\):\/\/host:port", got "nope"/,
+  );
+  assert.throws(() => connect({ hosts: "127.0.0.1:0" }), /got "127.0.0.1:0"/);
+  assert.throws(
+    () => connect({ hosts: ["http://127.0.0.1:1", "https://127.0.0.1:2"] }),
+    /options.hosts must be all https:\/\/ or all http:\/\//,
+  );
+  assert.throws(
+    () => connect({ hosts: "127.0.0.1:1", dialTimeout: 0 }),
+    /options.dialTimeout must be a positive number of ms, got 0/,
+  );
+  assert.throws(
+    () => connect(undefined as never),
+    /options must be \{ hosts, … \} or an Etcd3 instance/,
+  );
 });
