@@ -349,6 +349,10 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       global: retry(handleWhen(isRecoverableError), { maxAttempts: hosts.length > 1 ? 2 : 1 }),
     },
     grpcOptions: {
+      // etcd batches watch events into one response, and a prefix read returns everything at
+      // once: either can pass grpc-js's 4 MiB default, and a watch response that cannot be
+      // received would fail the same way on every retry. etcd's Go client has no limit either.
+      "grpc.max_receive_message_length": -1,
       "grpc.keepalive_time_ms": 10_000,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.keepalive_permit_without_calls": 1,

@@ -1,0 +1,447 @@
+/**
+ * Fault injection on real etcd processes: members killed, frozen and
+ * restarted, clients cut off, history compacted, garbage written. Each scenario
+ * ends with the oracle: every resolver's view equals what etcd holds.
+ *
+ * `deno task test` runs the short version; `FAULTS_FULL=1` (`deno task
+ * test:faults`) the full durations. `FAULTS_SEED` fixes the random choices.
+ */
+import assert from "node:assert/strict";
+import {
+  applyUpdates,
+  connect,
+  decodeEndpoint,
+  type Endpoint,
+  EndpointDecodeError,
+  type EtcdClient,
+  register,
+  type Registration,
+  type Resolution,
+  resolve,
+  type Update,
+} from "../mod.ts";
+import { dial } from "../grpc.ts";
+import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
+import { EtcdCluster } from "./etcd_cluster.ts";
+import { Load } from "./load.ts";
+import { startEtcd } from "./etcd_server.ts";
+import { TcpProxy } from "./tcp_proxy.ts";
+
+const FULL = Deno.env.get("FAULTS_FULL") === "1";
+const SEED = Number(Deno.env.get("FAULTS_SEED") ?? 1);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A seeded generator, so that a failing run can be repeated. */
+function seeded(seed: number): () => number {
+  let state = seed % 2147483647 || 1;
+  return () => (state = (state * 48271) % 2147483647) / 2147483647;
+}
+
+async function until(
+  what: string,
+  ms: number,
+  check: () => boolean | Promise<boolean>,
+): Promise<number> {
+  const start = Date.now();
+  while (!(await check())) {
+    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(20);
+  }
+  return Date.now() - start;
+}
+
+/** A resolver whose batches are recorded and folded as they arrive. */
+class Observer {
+  view = new Map<string, Endpoint>();
+  readonly batches: { at: number; updates: Update[] }[] = [];
+  readonly errors: Error[] = [];
+  readonly #updates: Resolution;
+  readonly #done: Promise<void>;
+
+  constructor(client: EtcdClient, service: string) {
+    const updates = resolve(client, service, { onError: (e) => this.errors.push(e) });
+    this.#updates = updates;
+    this.#done = (async () => {
+      for await (const batch of updates) {
+        this.batches.push({ at: Date.now(), updates: batch });
+        this.view = applyUpdates(this.view, batch);
+      }
+    })();
+  }
+
+  /** Deletes this observer saw for `key` at or after `since`. */
+  deletesOf(key: string, since: number): number {
+    return this.batches.filter((b) => b.at >= since)
+      .flatMap((b) => b.updates)
+      .filter((u) => u.op === "delete" && u.key === key).length;
+  }
+
+  async close(): Promise<void> {
+    await this.#updates.return();
+    await this.#done;
+  }
+}
+
+/** What etcd holds under the service, decoded as resolvers decode it. */
+async function truth(client: EtcdClient, service: string): Promise<Map<string, Endpoint>> {
+  const { kvs } = await client.getPrefix(`${service}/`);
+  const view = new Map<string, Endpoint>();
+  for (const kv of kvs) {
+    const endpoint = decodeEndpoint(kv.key, kv.value);
+    if (!(endpoint instanceof EndpointDecodeError)) view.set(kv.key, endpoint);
+  }
+  return view;
+}
+
+/** The oracle: every observer's view equals etcd's state, within `ms`. */
+async function converge(
+  observers: Observer[],
+  client: EtcdClient,
+  service: string,
+  ms: number,
+): Promise<number> {
+  return await until("views converge with etcd", ms, async () => {
+    const expected = JSON.stringify([...(await truth(client, service))].sort());
+    return observers.every((o) => JSON.stringify([...o.view].sort()) === expected);
+  });
+}
+
+async function registerMany(
+  hosts: string[],
+  service: string,
+  count: number,
+  ttl: number,
+): Promise<{ clients: EtcdClient[]; registrations: Registration[] }> {
+  const clients = Array.from({ length: count }, () => connect({ hosts, dialTimeout: 1000 }));
+  const registrations = await Promise.all(
+    clients.map((client, i) =>
+      register(client, service, { addr: `10.0.0.${i + 1}:50051` }, { ttl, onError: () => {} })
+    ),
+  );
+  return { clients, registrations };
+}
+
+async function closeAll(
+  group: { clients: EtcdClient[]; registrations: Registration[] },
+): Promise<void> {
+  await Promise.all(group.registrations.map((r) => r.close()));
+  await Promise.all(group.clients.map((c) => c.close()));
+}
+
+Deno.test("faults 1: 3 members, kill -9 a follower then the leader, restart both", async () => {
+  await using cluster = await EtcdCluster.start(3);
+  const service = "faults/one";
+  const group = await registerMany(cluster.endpoints, service, 3, 5);
+  const reader = connect({ hosts: cluster.endpoints, dialTimeout: 1000 });
+  const observers = [new Observer(reader, service), new Observer(reader, service)];
+  try {
+    await converge(observers, reader, service, 5000);
+    const follower = await cluster.follower();
+    await follower.stop({ kill: true });
+    await sleep(1000);
+    const leader = await cluster.leader();
+    await leader.stop({ kill: true });
+    await sleep(2000); // no quorum
+    follower.spawn();
+    leader.spawn();
+    await cluster.healthy();
+    const healthyAt = Date.now();
+    await until("every registration back in etcd", 3000 + 1000, async () => {
+      const keys = new Set((await truth(reader, service)).keys());
+      return group.registrations.every((r) => keys.has(r.key));
+    });
+    const took = await converge(observers, reader, service, 5000);
+    console.log(
+      `registrations back and views converged ${
+        Date.now() - healthyAt
+      } ms after quorum (${took} ms)`,
+    );
+    assert.ok(group.registrations.every((r) => r.state === "registered"));
+  } finally {
+    await Promise.all(observers.map((o) => o.close()));
+    await closeAll(group);
+    await reader.close();
+  }
+});
+
+Deno.test("faults 2: the leader frozen (SIGSTOP) for 3x the election timeout", async () => {
+  await using cluster = await EtcdCluster.start(3);
+  const service = "faults/two";
+  const group = await registerMany(cluster.endpoints, service, 3, 5);
+  const reader = connect({ hosts: cluster.endpoints, dialTimeout: 1000 });
+  const observers = [new Observer(reader, service)];
+  try {
+    await converge(observers, reader, service, 5000);
+    const leader = await cluster.leader();
+    const frozenAt = Date.now();
+    leader.pause();
+    await sleep(3000); // etcd's default election timeout is 1 s
+    leader.resume();
+    await cluster.healthy();
+    const took = await converge(observers, reader, service, 5000);
+    const keys = new Set((await truth(reader, service)).keys());
+    assert.ok(group.registrations.every((r) => keys.has(r.key)), "every registration in etcd");
+    for (const r of group.registrations) {
+      assert.equal(observers[0]!.deletesOf(r.key, frozenAt), 0, `no delete of live ${r.key}`);
+    }
+    console.log(`converged ${took} ms after the leader was thawed`);
+  } finally {
+    await Promise.all(observers.map((o) => o.close()));
+    await closeAll(group);
+    await reader.close();
+  }
+});
+
+Deno.test("faults 3: all members down past the TTL, then restarted; calls keep succeeding", async () => {
+  const downMs = FULL ? 10_000 : 4000;
+  const ttl = FULL ? 5 : 3;
+  await using cluster = await EtcdCluster.start(3);
+  const service = "faults/three";
+  const group = await registerMany(cluster.endpoints, service, 3, ttl);
+  const reader = connect({ hosts: cluster.endpoints, dialTimeout: 1000 });
+  const observers = [new Observer(reader, service), new Observer(reader, service)];
+  // Two real gRPC instances under their own service, and a client calling them through the outage.
+  const serverClients = [0, 1].map(() => connect({ hosts: cluster.endpoints, dialTimeout: 1000 }));
+  const greeters = await Promise.all(
+    serverClients.map((c, i) =>
+      startGreeter(c, `${service}-grpc`, `g${i}`, { ttl, drainMs: 0, onError: () => {} })
+    ),
+  );
+  const greeter = dial(reader, `${service}-grpc`, Greeter, { onError: () => {} });
+  let load: Load | undefined;
+  try {
+    await converge(observers, reader, service, 5000);
+    await until("both instances answer", 5000, async () => {
+      const seen = new Set<string>();
+      for (let i = 0; i < 4; i++) seen.add((await sayHello(greeter, { name: "w" })).instance);
+      return seen.size === 2;
+    });
+    load = new Load(greeter, { workers: 4, pauseMs: 10 });
+    const downAt = Date.now();
+    await Promise.all(cluster.members.map((m) => m.stop({ kill: true })));
+    await sleep(downMs);
+    for (const m of cluster.members) m.spawn();
+    await cluster.healthy();
+    const healthyAt = Date.now();
+    const back = await until("every registration back", 3000 + 1000, async () => {
+      const keys = new Set((await truth(reader, service)).keys());
+      return group.registrations.every((r) => keys.has(r.key));
+    });
+    await converge(observers, reader, service, 5000);
+    await load.stop();
+    for (const o of observers) {
+      for (const r of group.registrations) {
+        assert.equal(
+          o.deletesOf(r.key, downAt),
+          0,
+          `a resolver deleted live ${r.key} while etcd was down`,
+        );
+      }
+      assert.ok(o.errors.length > 0, "the outage was reported");
+    }
+    const calls = load.records.length;
+    const ok = calls - load.failures.length;
+    console.log(
+      `down ${downMs} ms (TTL ${ttl} s): registrations back ${back} ms after quorum at ${
+        healthyAt - downAt
+      } ms; ` +
+        `${ok} of ${calls} calls succeeded (${((ok / calls) * 100).toFixed(2)} %)`,
+    );
+    assert.ok(ok / calls >= 0.999, `${load.failures.length} of ${calls} calls failed`);
+  } finally {
+    await load?.stop();
+    greeter.close();
+    await Promise.all(greeters.map((g) => g.close()));
+    await Promise.all(serverClients.map((c) => c.close()));
+    await Promise.all(observers.map((o) => o.close()));
+    await closeAll(group);
+    await reader.close();
+  }
+});
+
+Deno.test("faults 5: a client cut off over 1,000+ revisions and a compaction converges to the net change", async () => {
+  await using etcd = await startEtcd();
+  await using proxy = new TcpProxy(etcd.endpoint);
+  const service = "faults/five";
+  const direct = connect({ hosts: etcd.endpoint });
+  const cutOff = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
+  const random = seeded(SEED);
+  const value = (i: number) =>
+    JSON.stringify({ Op: 0, Addr: `10.1.${i >> 8}.${i & 255}:1`, Metadata: { i } });
+  for (let i = 0; i < 50; i++) await direct.put(`${service}/k${i}`, value(i));
+  const observer = new Observer(cutOff, service);
+  try {
+    await converge([observer], direct, service, 5000);
+    await proxy.cut();
+    const cutAt = Date.now();
+    const writes = FULL ? 5000 : 1200;
+    let revision = 0;
+    for (let n = 0; n < writes; n++) {
+      const i = Math.floor(random() * 80);
+      revision = random() < 0.3
+        ? await direct.delete(`${service}/k${i}`)
+        : await direct.put(`${service}/k${i}`, value(n));
+    }
+    await compact(etcd.endpoint, revision);
+    const errorsWhileCut = observer.errors.length;
+    proxy.restore();
+    const took = await converge([observer], direct, service, 10_000);
+    const cutFor = Date.now() - cutAt;
+    console.log(
+      `${writes} writes and a compaction while cut off for ${cutFor} ms: converged ${took} ms after restore; ${errorsWhileCut} errors reported while cut`,
+    );
+    // No hot loop: retries back off (cap 3 s), so a few per second at most.
+    assert.ok(
+      errorsWhileCut < (cutFor / 1000) * 12 + 10,
+      `${errorsWhileCut} errors in ${cutFor} ms`,
+    );
+  } finally {
+    await observer.close();
+    await cutOff.close();
+    await direct.close();
+  }
+});
+
+/** Compacts etcd's history up to `revision` through the JSON gateway. */
+async function compact(endpoint: string, revision: number): Promise<void> {
+  const res = await fetch(`${endpoint}/v3/kv/compaction`, {
+    method: "POST",
+    body: JSON.stringify({ revision: String(revision), physical: true }),
+  });
+  if (!res.ok) throw new Error(`compaction failed: ${res.status} ${await res.text()}`);
+}
+
+Deno.test("faults 6: the connection reset during catch-up skips no change", async () => {
+  await using etcd = await startEtcd();
+  await using proxy = new TcpProxy(etcd.endpoint);
+  const service = "faults/six";
+  const direct = connect({ hosts: etcd.endpoint });
+  const cutOff = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
+  const observer = new Observer(cutOff, service);
+  try {
+    await until("first batch", 5000, () => observer.batches.length > 0);
+    const writes = FULL ? 5000 : 2000;
+    for (let round = 0; round < (FULL ? 5 : 2); round++) {
+      await proxy.cut();
+      const before = observer.batches.flatMap((b) => b.updates).length;
+      for (let n = 0; n < writes; n++) {
+        await direct.put(
+          `${service}/r${round}-${n}`,
+          JSON.stringify({ Addr: `10.2.${n >> 8}.${n & 255}:1` }),
+        );
+      }
+      proxy.restore();
+      // Cut again as soon as the catch-up has started, and again once more.
+      await until(
+        "catch-up started",
+        10_000,
+        () => observer.batches.flatMap((b) => b.updates).length > before,
+      );
+      await proxy.cut();
+      await sleep(300);
+      proxy.restore();
+      await until(
+        "all changes seen",
+        20_000,
+        () => observer.batches.flatMap((b) => b.updates).length >= before + writes,
+      );
+      const seen = observer.batches.flatMap((b) => b.updates).slice(before);
+      assert.equal(seen.length, writes, "no change repeated");
+      assert.deepEqual(
+        seen.map((u) => u.key),
+        Array.from({ length: writes }, (_, n) => `${service}/r${round}-${n}`),
+        "every change, once, in order",
+      );
+    }
+    await converge([observer], direct, service, 5000);
+  } finally {
+    await observer.close();
+    await cutOff.close();
+    await direct.close();
+  }
+});
+
+Deno.test("faults 11: 10,000 malformed values never crash, never hide valid instances, each is reported", async () => {
+  await using etcd = await startEtcd();
+  const service = "faults/eleven";
+  const client = connect({ hosts: etcd.endpoint });
+  const random = seeded(SEED + 11);
+  const valid = Array.from({ length: 5 }, (_, i) => `10.3.0.${i + 1}:50051`);
+  for (const addr of valid) {
+    await client.put(`${service}/${addr}`, JSON.stringify({ Op: 0, Addr: addr, Metadata: null }));
+  }
+  const observer = new Observer(client, service);
+  const count = FULL ? 10_000 : 2000;
+  const hostile = (n: number): string => {
+    switch (n % 10) {
+      case 0:
+        return "{";
+      case 1:
+        return JSON.stringify({ Addr: 12345 });
+      case 2:
+        return JSON.stringify({ Addr: "no-port" });
+      case 3:
+        return JSON.stringify({ Addr: `10.0.0.1:${70000 + n}` });
+      case 4:
+        return JSON.stringify({ Addr: "../../etc/passwd:80" });
+      case 5:
+        return JSON.stringify({ Addr: "host:80", Metadata: "x".repeat(70_000) });
+      case 6:
+        return JSON.stringify([1, 2, 3]);
+      case 7:
+        return "null";
+      case 8:
+        return JSON.stringify({ Addr: "a b:80" });
+      default:
+        return String.fromCharCode(...Array.from({ length: 20 }, () => Math.floor(random() * 256)));
+    }
+  };
+  try {
+    await until("first batch", 5000, () => observer.batches.length > 0);
+    for (let n = 0; n < count; n += 100) {
+      await Promise.all(
+        Array.from(
+          { length: 100 },
+          (_, k) => client.put(`${service}/bad-${n + k}`, hostile(n + k)),
+        ),
+      );
+    }
+    await until("every bad key reported", 20_000, () => observer.errors.length >= count).catch(
+      (e) => {
+        const seen = new Set(
+          observer.errors.map((x) => x instanceof EndpointDecodeError ? x.key : x.message),
+        );
+        const missing = Array.from({ length: count }, (_, i) => `${service}/bad-${i}`).filter((k) =>
+          !seen.has(k)
+        );
+        console.log(
+          observer.errors.length,
+          missing.slice(0, 5),
+          [...seen].filter((k) => !k.startsWith(service)).slice(0, 3),
+          [...observer.view.keys()].slice(0, 8),
+        );
+        throw e;
+      },
+    );
+    const reported = new Set(
+      observer.errors.map((e) => e instanceof EndpointDecodeError ? e.key : ""),
+    );
+    assert.equal(reported.size, count, "each bad key reported");
+    assert.deepEqual(
+      [...observer.view.values()].map((e) => e.addr).sort(),
+      valid.sort(),
+      "only the valid instances",
+    );
+    // A late joiner reads the same garbage at once and still sees exactly the valid ones.
+    const other = connect({ hosts: etcd.endpoint });
+    const late = new Observer(other, service);
+    await until("late first batch", 10_000, () => late.batches.length > 0);
+    assert.deepEqual([...late.view.values()].map((e) => e.addr).sort(), valid.sort());
+    assert.equal(late.errors.length, count, "the late reader reports each bad key too");
+    await late.close();
+    await other.close();
+  } finally {
+    await observer.close();
+    await client.close();
+  }
+});
