@@ -445,3 +445,165 @@ Deno.test("faults 11: 10,000 malformed values never crash, never hide valid inst
     await client.close();
   }
 });
+
+Deno.test("faults 4: the member holding a client's calls is frozen; the lease lives on through another", async () => {
+  const ttl = 3;
+  await using cluster = await EtcdCluster.start(3);
+  const service = "faults/four";
+  const frozen = await cluster.follower();
+  const healthy = cluster.members.find((m) => m !== frozen)!;
+  // The client knows the frozen member and one healthy member; etcd3 spreads calls over both.
+  const client = connect({ hosts: [frozen.clientUrl, healthy.clientUrl], dialTimeout: 1000 });
+  const checker = connect({ hosts: [healthy.clientUrl], dialTimeout: 1000 });
+  const errors: Error[] = [];
+  const registration = await register(client, service, { addr: "10.4.0.1:50051" }, {
+    ttl,
+    onError: (e) => errors.push(e),
+  });
+  try {
+    frozen.pause();
+    const until = Date.now() + 2 * ttl * 1000;
+    let missing = 0;
+    while (Date.now() < until) {
+      if ((await checker.get(registration.key)).kvs.length === 0) missing++;
+      await sleep(100);
+    }
+    frozen.resume();
+    console.log(
+      `frozen ${2 * ttl} s: key missing in ${missing} checks, ${errors.length} errors reported`,
+    );
+    assert.equal(missing, 0, "the key stayed in etcd while a member was frozen");
+    assert.equal(registration.state, "registered");
+  } finally {
+    frozen.resume();
+    await registration.close();
+    await client.close();
+    await checker.close();
+  }
+});
+
+/** An EtcdClient that timestamps every lease grant, to see how grants spread. */
+function countingGrants(inner: EtcdClient, grants: number[]): EtcdClient {
+  return new Proxy(inner, {
+    get(target, property, receiver) {
+      if (property === "grantLease") {
+        return (ttl: number) => {
+          grants.push(Date.now());
+          return target.grantLease(ttl);
+        };
+      }
+      const value = Reflect.get(target, property, receiver);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("faults 9: 50 registrations through an etcd outage do not storm it with lease grants", async () => {
+  const outageMs = FULL ? 30_000 : 6000;
+  const ttl = 3;
+  await using etcd = await startEtcd();
+  const grants: number[] = [];
+  const clients = Array.from(
+    { length: 50 },
+    () => connect({ hosts: etcd.endpoint, dialTimeout: 1000 }),
+  );
+  const registrations = await Promise.all(
+    clients.map((c, i) =>
+      register(countingGrants(c, grants), "faults/nine", { addr: `10.9.0.${i + 1}:50051` }, {
+        ttl,
+        onError: () => {},
+      })
+    ),
+  );
+  const checker = connect({ hosts: etcd.endpoint });
+  try {
+    const before = grants.length;
+    await etcd.stop({ kill: true });
+    await sleep(outageMs);
+    await etcd.start();
+    const healthyAt = Date.now();
+    await until(
+      "all 50 registered",
+      3000 + 1000,
+      async () =>
+        (await checker.getPrefix("faults/nine/")).kvs.length === 50 &&
+        registrations.every((r) => r.state === "registered"),
+    );
+    await sleep(ttl * 1000); // let any late re-grant happen
+    const after = grants.slice(before);
+    let worst = 0;
+    for (const t of after) {
+      worst = Math.max(
+        worst,
+        after.filter((u) => u >= t && u < t + 1000).length,
+      );
+    }
+    console.log(
+      `outage ${outageMs} ms: ${after.length} lease grants after it, at most ${worst} in one second; all back ${
+        Date.now() - healthyAt - ttl * 1000
+      } ms after etcd was healthy`,
+    );
+    assert.ok(worst <= 25, `${worst} lease grants in one second`);
+  } finally {
+    await Promise.all(registrations.map((r) => r.close()));
+    await Promise.all(clients.map((c) => c.close()));
+    await checker.close();
+  }
+});
+
+Deno.test("faults 10: repeated cut-offs leave watches and leases equal to what is live, and memory flat", async () => {
+  const cycles = FULL ? 1000 : 40;
+  await using etcd = await startEtcd();
+  await using proxy = new TcpProxy(etcd.endpoint);
+  const service = "faults/ten";
+  const client = connect({ hosts: proxy.endpoint, dialTimeout: 500 });
+  const direct = connect({ hosts: etcd.endpoint });
+  const registrations = await Promise.all(
+    [1, 2, 3].map((i) =>
+      register(client, service, { addr: `10.10.0.${i}:50051` }, { ttl: 5, onError: () => {} })
+    ),
+  );
+  const observers = [new Observer(client, service), new Observer(client, `${service}-other`)];
+  const leasesHeld = async () =>
+    (await etcd.metric("etcd_debugging_lease_granted_total")) -
+    (await etcd.metric("etcd_debugging_lease_revoked_total")) -
+    (await etcd.metric("etcd_debugging_server_lease_expired_total").catch(() => 0));
+  const memory = () => {
+    (globalThis as { gc?: () => void }).gc?.();
+    return Deno.memoryUsage().heapUsed;
+  };
+  try {
+    await converge([observers[0]!], direct, service, 5000);
+    const random = seeded(SEED + 10);
+    let startHeap = 0;
+    for (let cycle = 0; cycle < cycles; cycle++) {
+      if (cycle === Math.min(10, cycles - 1)) startHeap = memory();
+      await proxy.cut();
+      await sleep(20 + Math.floor(random() * 80));
+      proxy.restore();
+      await sleep(50 + Math.floor(random() * 100));
+    }
+    await converge([observers[0]!], direct, service, 10_000);
+    // One watch per live resolver service, one key watch per registration; one lease each.
+    await until(
+      "watches settle",
+      10_000,
+      async () =>
+        (await etcd.metric("etcd_debugging_mvcc_watcher_total")) ===
+          registrations.length + observers.length,
+    );
+    await until("leases settle", 10_000, async () => (await leasesHeld()) === registrations.length);
+    const growth = (memory() - startHeap) / startHeap;
+    console.log(
+      `${cycles} cut-offs: watches and leases equal the live ones; heap grew ${
+        (growth * 100).toFixed(1)
+      } %`,
+    );
+    assert.ok(growth < 0.10, `heap grew ${(growth * 100).toFixed(1)} %`);
+  } finally {
+    await Promise.all(observers.map((o) => o.close()));
+    await Promise.all(registrations.map((r) => r.close()));
+    await client.close();
+    await direct.close();
+  }
+});
