@@ -213,7 +213,12 @@ class RegistrationImpl implements Registration {
       await this.#sleep(attempt === 0 ? interval : Math.min(interval, backoff(attempt, BACKOFF)));
       if (signal.aborted || this.#needPut) continue;
       try {
-        const remaining = await abortable(this.#client.keepAlive(this.#lease), signal);
+        // A renewal that takes longer than a third of the TTL is hung (a frozen member):
+        // give up on it in time to try again before the lease can expire.
+        const remaining = await abortable(
+          this.#client.keepAlive(this.#lease, { timeout: interval }),
+          signal,
+        );
         attempt = 0;
         if (remaining <= 0) {
           this.#leaseValid = false;

@@ -154,9 +154,10 @@ export interface EtcdClient extends AsyncDisposable {
    * Renews a lease once.
    *
    * @param lease the lease ID
+   * @param options `timeout`: give up after this many ms (at most the client's own deadline)
    * @returns the remaining TTL in seconds, 0 when the lease is gone
    */
-  keepAlive(lease: string): Promise<number>;
+  keepAlive(lease: string, options?: { timeout?: number }): Promise<number>;
   /**
    * Revokes a lease, deleting its keys. Revoking a lease that is gone succeeds.
    *

@@ -202,12 +202,13 @@ class Etcd3Client implements EtcdClient {
     });
   }
 
-  keepAlive(lease: string): Promise<number> {
-    return this.#run(() => this.#keepAlive(lease));
+  keepAlive(lease: string, options: { timeout?: number } = {}): Promise<number> {
+    const timeout = Math.min(options.timeout ?? this.#timeout, this.#timeout);
+    return this.#run(() => this.#keepAlive(lease, timeout));
   }
 
-  async #keepAlive(lease: string): Promise<number> {
-    const stream = await this.#etcd.leaseClient.leaseKeepAlive(this.#deadline());
+  async #keepAlive(lease: string, timeout: number): Promise<number> {
+    const stream = await this.#etcd.leaseClient.leaseKeepAlive({ deadline: Date.now() + timeout });
     return await new Promise<number>((resolve, reject) => {
       stream.on("data", (res: { TTL: string }) => {
         resolve(Number(res.TTL));
