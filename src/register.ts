@@ -121,6 +121,7 @@ class RegistrationImpl implements Registration {
       }),
     );
     this.#controller.abort();
+    this.#nap?.abort();
     this.#setState("closed");
     return true;
   }
@@ -280,10 +281,16 @@ class RegistrationImpl implements Registration {
     }
   }
 
+  /**
+   * Sleeps until `ms` pass, {@linkcode #wake} is called, or the registration
+   * stops. (Not `AbortSignal.any` with the long-lived stop signal: each call
+   * would leave a dependent signal behind on it.)
+   */
   #sleep(ms: number): Promise<void> {
+    if (this.#controller.signal.aborted) return Promise.resolve();
     const nap = new AbortController();
     this.#nap = nap;
-    return sleep(ms, AbortSignal.any([nap.signal, this.#controller.signal])).finally(() => {
+    return sleep(ms, nap.signal).finally(() => {
       if (this.#nap === nap) this.#nap = undefined;
     });
   }
@@ -291,6 +298,7 @@ class RegistrationImpl implements Registration {
   async #shutdown(revoke: boolean): Promise<void> {
     this.#userSignal?.removeEventListener("abort", this.#onAbort);
     this.#controller.abort();
+    this.#nap?.abort();
     await this.#loops;
     if (revoke && this.#leaseValid) {
       try {

@@ -626,14 +626,15 @@ scenario(
     };
     const memory = () => {
       (globalThis as { gc?: () => void }).gc?.();
-      return Deno.memoryUsage().heapUsed;
+      return Deno.memoryUsage();
     };
     try {
       await converge([observers[0]!], direct, service, 5000);
       const random = seeded(SEED + 10);
-      let startHeap = 0;
+      // Measured after a warm-up (a tenth of the cycles), so that JIT and pools are settled.
+      let start = memory();
       for (let cycle = 0; cycle < cycles; cycle++) {
-        if (cycle === Math.min(10, cycles - 1)) startHeap = memory();
+        if (cycle === Math.floor(cycles / 10)) start = memory();
         await proxy.cut();
         await sleep(20 + Math.floor(random() * 80));
         proxy.restore();
@@ -653,13 +654,20 @@ scenario(
         10_000,
         async () => (await leasesHeld()) === registrations.length,
       );
-      const growth = (memory() - startHeap) / startHeap;
+      const end = memory();
+      const rss = (end.rss - start.rss) / start.rss;
+      const heap = (end.heapUsed - start.heapUsed) / start.heapUsed;
       console.log(
-        `${cycles} cut-offs: watches and leases equal the live ones; heap grew ${
-          (growth * 100).toFixed(1)
-        } %`,
+        `${cycles} cut-offs: watches and leases equal the live ones; resident memory grew ` +
+          `${(rss * 100).toFixed(1)} %, heap ${(heap * 100).toFixed(1)} %`,
       );
-      assert.ok(growth < 0.10, `heap grew ${(growth * 100).toFixed(1)} %`);
+      if (FULL) {
+        // The issue's criterion. Open: over 1,000 cycles this grows ~35 % (FAULTS.md).
+        assert.ok(rss < 0.10, `resident memory grew ${(rss * 100).toFixed(1)} %`);
+      } else {
+        // Over 40 cycles resident memory is too noisy (4–11 %); the JS heap is not.
+        assert.ok(heap < 0.10, `heap grew ${(heap * 100).toFixed(1)} %`);
+      }
     } finally {
       await Promise.all(observers.map((o) => o.close()));
       await Promise.all(registrations.map((r) => r.close()));

@@ -356,7 +356,9 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       "grpc.max_receive_message_length": -1,
       "grpc.keepalive_time_ms": 10_000,
       "grpc.keepalive_timeout_ms": 5_000,
-      "grpc.keepalive_permit_without_calls": 1,
+      // etcd refuses pings on a connection without streams (PermitWithoutStream=false) and
+      // answers them with GOAWAY "too many pings"; ping only while calls are open.
+      "grpc.keepalive_permit_without_calls": 0,
     },
   });
   return new Etcd3Client(etcd, hosts, true, dialTimeout);
