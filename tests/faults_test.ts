@@ -27,6 +27,7 @@ import { EtcdCluster } from "./etcd_cluster.ts";
 import { Load } from "./load.ts";
 import { startEtcd } from "./etcd_server.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
+import { sleep, until } from "./wait.ts";
 
 const FULL = Deno.env.get("FAULTS_FULL") === "1";
 const SEED = Number(Deno.env.get("FAULTS_SEED") ?? 1);
@@ -49,25 +50,11 @@ function scenario(
     });
   }
 }
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A seeded generator, so that a failing run can be repeated. */
 function seeded(seed: number): () => number {
   let state = seed % 2147483647 || 1;
   return () => (state = (state * 48271) % 2147483647) / 2147483647;
-}
-
-async function until(
-  what: string,
-  ms: number,
-  check: () => boolean | Promise<boolean>,
-): Promise<number> {
-  const start = Date.now();
-  while (!(await check())) {
-    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(20);
-  }
-  return Date.now() - start;
 }
 
 /** A resolver whose batches are recorded and folded as they arrive. */

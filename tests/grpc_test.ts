@@ -13,22 +13,9 @@ import { startEtcd, waitForMetric } from "./etcd_server.ts";
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { type GreeterProcess, spawnGreeter } from "./greeter_process.ts";
 import { Load } from "./load.ts";
+import { sleep, until } from "./wait.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const SERVICE = "svc/greeter";
-
-async function until(
-  what: string,
-  ms: number,
-  check: () => boolean | Promise<boolean>,
-): Promise<number> {
-  const start = Date.now();
-  while (!(await check())) {
-    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(10);
-  }
-  return Date.now() - start;
-}
 
 async function spawnMany(etcd: string, names: string[], ttl = 2): Promise<GreeterProcess[]> {
   return await Promise.all(names.map((name) => spawnGreeter(etcd, SERVICE, name, { ttl })));

@@ -20,23 +20,13 @@ import { freePort, startEtcd, waitForMetric } from "./etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { TcpProxy } from "./tcp_proxy.ts";
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+import { sleep, until } from "./wait.ts";
 
 /** An etcd3 client of its own, to check etcd's state independently of our adapter. */
 function raw(endpoint: string): Etcd3 & AsyncDisposable {
   const etcd = new Etcd3({ hosts: endpoint }) as Etcd3 & AsyncDisposable;
   etcd[Symbol.asyncDispose] = () => Promise.resolve(etcd.close());
   return etcd;
-}
-
-async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<number> {
-  const start = Date.now();
-  while (!(await check())) {
-    if (Date.now() - start > ms) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(20);
-  }
-  return Date.now() - start;
 }
 
 async function next(it: AsyncIterator<Update[]>, ms = 10_000): Promise<Update[]> {
