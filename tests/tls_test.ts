@@ -34,18 +34,44 @@ Deno.test("tls: register and resolve through an etcd that requires client certif
   }
 });
 
-Deno.test("tls: without a client certificate register() rejects within its timeout", async () => {
+Deno.test("tls: a missing or foreign client certificate, or a wrong CA, fails in bounded time saying which", async (t) => {
   const pki = await makePki();
+  const other = await makePki();
   try {
     await using etcd = await startTlsEtcd(pki);
-    await using client = connect({ hosts: etcd.endpoint, tls: { ca: pki.ca }, dialTimeout: 1000 });
-    const start = Date.now();
-    await assert.rejects(
-      register(client, "tls/svc", { addr: "10.0.0.1:50051" }, { timeout: 2000 }),
-      /could not register "tls\/svc\/10.0.0.1:50051" on etcd at https:\/\/localhost:\d+ within 2000 ms/,
-    );
-    assert.ok(Date.now() - start < 4000, `took ${Date.now() - start} ms`);
+    const cases: [string, { ca: string; cert?: string; key?: string }, RegExp][] = [
+      ["no client certificate", { ca: pki.ca }, /client certificate/],
+      [
+        "a client certificate from another CA",
+        { ca: pki.ca, cert: other.clientCert, key: other.clientKey },
+        /etcd rejected the client certificate/,
+      ],
+      [
+        "a CA that did not sign etcd's certificate",
+        { ca: other.ca, cert: pki.clientCert, key: pki.clientKey },
+        /etcd's server certificate is not signed by the CA given in tls.ca/,
+      ],
+    ];
+    for (const [name, tls, reason] of cases) {
+      await t.step(name, async () => {
+        await using client = connect({ hosts: etcd.endpoint, tls, dialTimeout: 1000 });
+        const start = Date.now();
+        await assert.rejects(
+          register(client, "tls/svc", { addr: "10.0.0.1:50051" }, { timeout: 2000 }),
+          (e: Error) => {
+            assert.match(
+              e.message,
+              /could not register "tls\/svc\/10.0.0.1:50051" on etcd at https:\/\/localhost:\d+ within 2000 ms/,
+            );
+            assert.match(e.message, reason);
+            return true;
+          },
+        );
+        assert.ok(Date.now() - start < 4000, `took ${Date.now() - start} ms`);
+      });
+    }
   } finally {
     await pki.close();
+    await other.close();
   }
 });

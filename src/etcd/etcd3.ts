@@ -8,13 +8,20 @@ import { Buffer } from "node:buffer";
 import {
   ClientClosedError as Etcd3ClosedError,
   Etcd3,
+  EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
   type IKeyValue,
   type IOptions,
   isRecoverableError,
   type IWatchResponse,
 } from "etcd3";
-import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from "cockatiel";
+import {
+  circuitBreaker,
+  ConsecutiveBreaker,
+  handleWhen,
+  isBrokenCircuitError,
+  retry,
+} from "cockatiel";
 import { Queue } from "../_async.ts";
 import {
   ClientClosedError,
@@ -126,13 +133,21 @@ class Etcd3Client implements EtcdClient {
   readonly #etcd: Etcd3;
   readonly #owned: boolean;
   readonly #timeout: number;
+  readonly #tls: "none" | "no-client-cert" | "client-cert";
   #closed = false;
 
-  constructor(etcd: Etcd3, hosts: readonly string[], owned: boolean, timeout: number) {
+  constructor(
+    etcd: Etcd3,
+    hosts: readonly string[],
+    owned: boolean,
+    timeout: number,
+    tls: "none" | "no-client-cert" | "client-cert" = "none",
+  ) {
     this.#etcd = etcd;
     this.hosts = hosts;
     this.#owned = owned;
     this.#timeout = timeout;
+    this.#tls = tls;
   }
 
   #deadline(): { deadline: number } {
@@ -148,8 +163,45 @@ class Etcd3Client implements EtcdClient {
       if (this.#closed || error instanceof Etcd3ClosedError) {
         throw new ClientClosedError({ cause: error });
       }
-      throw error;
+      throw this.#explain(error);
     }
+  }
+
+  #lastFailure: Error | undefined;
+
+  /**
+   * Says in plain words what a connection error means: TLS and auth failures
+   * read as such, and an open circuit breaker names the failure that opened it.
+   */
+  #explain(error: unknown): unknown {
+    if (!(error instanceof Error)) return error;
+    if (isBrokenCircuitError(error)) {
+      const last = this.#lastFailure;
+      return last
+        ? new Error(`${last.message} (calls to this host pause briefly after failures)`, {
+          cause: error,
+        })
+        : error;
+    }
+    const text = error.message;
+    // etcd aborts a TLS handshake it rejects; the client then sees the alert, or only EPIPE or
+    // ECONNRESET when its own write loses the race. Either way the certificate is the suspect.
+    const aborted = /EPIPE|ECONNRESET|bad ?certificate|certificate ?required/i.test(text);
+    let hint: string | undefined;
+    if (/unable to verify|self[- ]signed|certificate verify failed|unknown ?ca/i.test(text)) {
+      hint = "etcd's server certificate is not signed by the CA given in tls.ca";
+    } else if (aborted && this.#tls === "no-client-cert") {
+      hint = "etcd closed the TLS connection; it may require a client certificate " +
+        "(tls.cert and tls.key were not given)";
+    } else if (aborted && this.#tls === "client-cert") {
+      hint = "etcd rejected the client certificate or closed the TLS connection " +
+        "(expired, or not signed by a CA etcd trusts)";
+    } else if (error instanceof EtcdAuthenticationFailedError) {
+      hint = "etcd rejected the user name or password";
+    }
+    const explained = hint ? new Error(`${hint}: ${text}`, { cause: error }) : error;
+    this.#lastFailure = explained;
+    return explained;
   }
 
   getPrefix(prefix: string): Promise<RangeResult> {
@@ -361,5 +413,6 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       "grpc.keepalive_permit_without_calls": 0,
     },
   });
-  return new Etcd3Client(etcd, hosts, true, dialTimeout);
+  const tlsMode = !tls ? "none" : tls.cert && tls.key ? "client-cert" : "no-client-cert";
+  return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode);
 }
