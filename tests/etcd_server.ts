@@ -132,55 +132,66 @@ async function readMetric(endpoint: string, name: string): Promise<number> {
   return Number(line.slice(name.length + 1));
 }
 
-class LocalEtcd implements EtcdServer {
-  readonly owned = true;
-  readonly endpoint: string;
+/** One etcd member process on loopback ports: alone (`startEtcd`) or in an `EtcdCluster`. */
+export class Member {
+  readonly name: string;
+  readonly clientUrl: string;
+  readonly peerUrl: string;
   readonly #bin: string;
   readonly #dir: string;
-  readonly #args: string[];
+  #cluster: string;
+  #state: "new" | "existing" = "new";
   #child: Deno.ChildProcess | undefined;
-  #log: Promise<unknown> = Promise.resolve();
+  #drain: Promise<unknown> = Promise.resolve();
 
-  constructor(bin: string, dir: string) {
+  constructor(bin: string, dir: string, name: string) {
     this.#bin = bin;
     this.#dir = dir;
-    const client = freePort();
-    const peer = freePort();
-    this.endpoint = `http://127.0.0.1:${client}`;
-    const peerUrl = `http://127.0.0.1:${peer}`;
-    this.#args = [
-      "--name=t",
-      `--data-dir=${dir}/data`,
-      `--listen-client-urls=${this.endpoint}`,
-      `--advertise-client-urls=${this.endpoint}`,
-      `--listen-peer-urls=${peerUrl}`,
-      `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=t=${peerUrl}`,
-      "--logger=zap",
-      "--log-outputs=stderr",
-      "--log-level=error",
-    ];
+    this.name = name;
+    this.clientUrl = `http://127.0.0.1:${freePort()}`;
+    this.peerUrl = `http://127.0.0.1:${freePort()}`;
+    this.#cluster = `${name}=${this.peerUrl}`;
   }
 
-  async start(): Promise<void> {
+  /** Sets the `--initial-cluster` string (all members' peer URLs; default: this one alone). */
+  join(cluster: string): void {
+    this.#cluster = cluster;
+  }
+
+  /** Whether the process is running (possibly frozen). */
+  get running(): boolean {
+    return this.#child !== undefined;
+  }
+
+  /** Starts the process (again, on the same ports and data). */
+  spawn(): void {
     if (this.#child) return;
     const child = new Deno.Command(this.#bin, {
-      args: this.#args,
+      args: [
+        `--name=${this.name}`,
+        `--data-dir=${this.#dir}/${this.name}`,
+        `--listen-client-urls=${this.clientUrl}`,
+        `--advertise-client-urls=${this.clientUrl}`,
+        `--listen-peer-urls=${this.peerUrl}`,
+        `--initial-advertise-peer-urls=${this.peerUrl}`,
+        `--initial-cluster=${this.#cluster}`,
+        `--initial-cluster-state=${this.#state}`,
+        "--initial-cluster-token=grpc-etcd-test",
+        "--logger=zap",
+        "--log-outputs=stderr",
+        "--log-level=error",
+      ],
       stdin: "null",
       stdout: "null",
       stderr: "piped",
     }).spawn();
+    this.#state = "existing";
     this.#child = child;
-    // Drain stderr so the pipe never fills; keep the tail for failure messages.
-    this.#log = child.stderr.pipeTo(new WritableStream()).catch(() => {});
-    try {
-      await healthy(this.endpoint, Date.now() + 15_000);
-    } catch (error) {
-      await this.stop({ kill: true });
-      throw error;
-    }
+    // Drain stderr so that the pipe never fills.
+    this.#drain = child.stderr.pipeTo(new WritableStream()).catch(() => {});
   }
 
+  /** Stops the process: SIGKILL with `kill`, else SIGTERM. Keeps the data. */
   async stop(options: { kill?: boolean } = {}): Promise<void> {
     const child = this.#child;
     if (!child) return;
@@ -192,15 +203,78 @@ class LocalEtcd implements EtcdServer {
       // already gone
     }
     await child.status;
-    await this.#log;
+    await this.#drain;
   }
 
+  /** Freezes the process (SIGSTOP): its connections stay open but nothing answers. */
   pause(): void {
     this.#child?.kill("SIGSTOP");
   }
 
+  /** Thaws a frozen process (SIGCONT). */
   resume(): void {
     this.#child?.kill("SIGCONT");
+  }
+
+  /** This member's view of the cluster: its ID and the leader's, or undefined when unreachable. */
+  async status(): Promise<{ member: string; leader: string } | undefined> {
+    try {
+      const res = await fetch(`${this.clientUrl}/v3/maintenance/status`, {
+        method: "POST",
+        body: "{}",
+        signal: AbortSignal.timeout(500),
+      });
+      const body = await res.json();
+      if (!res.ok || !body.leader || body.leader === "0") return undefined;
+      return { member: String(body.header.member_id), leader: String(body.leader) };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Kills the process and forgets it, for `unload` handlers. */
+  killSync(): void {
+    try {
+      this.#child?.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+
+class LocalEtcd implements EtcdServer {
+  readonly owned = true;
+  readonly endpoint: string;
+  readonly #member: Member;
+  readonly #dir: string;
+
+  constructor(bin: string, dir: string) {
+    this.#dir = dir;
+    this.#member = new Member(bin, dir, "t");
+    this.endpoint = this.#member.clientUrl;
+  }
+
+  async start(): Promise<void> {
+    if (this.#member.running) return;
+    this.#member.spawn();
+    try {
+      await healthy(this.endpoint, Date.now() + 15_000);
+    } catch (error) {
+      await this.stop({ kill: true });
+      throw error;
+    }
+  }
+
+  stop(options: { kill?: boolean } = {}): Promise<void> {
+    return this.#member.stop(options);
+  }
+
+  pause(): void {
+    this.#member.pause();
+  }
+
+  resume(): void {
+    this.#member.resume();
   }
 
   metric(name: string): Promise<number> {
@@ -213,11 +287,7 @@ class LocalEtcd implements EtcdServer {
   }
 
   closeSync(): void {
-    try {
-      this.#child?.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
+    this.#member.killSync();
     try {
       Deno.removeSync(this.#dir, { recursive: true });
     } catch {

@@ -22,9 +22,9 @@ import {
   type Update,
 } from "../mod.ts";
 import { dial } from "../grpc.ts";
-import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
+import { Greeter, startGreeter } from "../examples/greeter.ts";
 import { EtcdCluster } from "./etcd_cluster.ts";
-import { Load } from "./load.ts";
+import { Load, untilAllAnswer } from "./load.ts";
 import { startEtcd } from "./etcd_server.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { sleep, until } from "./wait.ts";
@@ -222,11 +222,7 @@ scenario(
     let load: Load | undefined;
     try {
       await converge(observers, reader, service, 5000);
-      await until("both instances answer", 5000, async () => {
-        const seen = new Set<string>();
-        for (let i = 0; i < 4; i++) seen.add((await sayHello(greeter, { name: "w" })).instance);
-        return seen.size === 2;
-      });
+      await untilAllAnswer(greeter, 2);
       load = new Load(greeter, { workers: 4, pauseMs: 10 });
       const downAt = Date.now();
       await Promise.all(cluster.members.map((m) => m.stop({ kill: true })));

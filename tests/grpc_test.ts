@@ -12,7 +12,7 @@ import { startEtcd, waitForMetric } from "./etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { type GreeterProcess, spawnGreeter } from "./greeter_process.ts";
-import { Load } from "./load.ts";
+import { Load, untilAllAnswer } from "./load.ts";
 import { sleep, until } from "./wait.ts";
 
 const SERVICE = "svc/greeter";
@@ -29,11 +29,7 @@ Deno.test("grpc: 300 calls over three instances give each 100 ± 10", async () =
     const greeter = dial(client, SERVICE, Greeter);
     try {
       // Wait until all three are connected, as a long-running client would be.
-      await until("three instances answer", 5000, async () => {
-        const seen = new Set<string>();
-        for (let i = 0; i < 6; i++) seen.add((await sayHello(greeter, { name: "warm" })).instance);
-        return seen.size === 3;
-      });
+      await untilAllAnswer(greeter, 3);
       const counts = new Map<string, number>();
       for (let i = 0; i < 300; i++) {
         const { instance } = await sayHello(greeter, { name: "x" });
@@ -104,11 +100,7 @@ Deno.test("grpc: after SIGKILL no call goes to the dead instance within TTL + 1 
     await using client = connect({ hosts: etcd.endpoint });
     const greeter = dial(client, SERVICE, Greeter);
     try {
-      await until("three instances answer", 5000, async () => {
-        const seen = new Set<string>();
-        for (let i = 0; i < 6; i++) seen.add((await sayHello(greeter, { name: "w" })).instance);
-        return seen.size === 3;
-      });
+      await untilAllAnswer(greeter, 3);
       const workers = 4;
       const load = new Load(greeter, { workers, pauseMs: 10 });
       await sleep(500);
@@ -338,11 +330,7 @@ Deno.test("grpc: p2c shifts load away from a slow instance; roundRobin does not"
   const share = async (balancer: Balancer): Promise<number> => {
     const greeter = dial(client, SERVICE, Greeter, { balancer });
     try {
-      await until("both ready", 5000, async () => {
-        const seen = new Set<string>();
-        for (let i = 0; i < 4; i++) seen.add((await sayHello(greeter, { name: "w" })).instance);
-        return seen.size === 2;
-      });
+      await untilAllAnswer(greeter, 2);
       const load = new Load(greeter, { workers: 8, pauseMs: 0 });
       await sleep(1500);
       await load.stop();

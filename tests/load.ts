@@ -63,3 +63,26 @@ export class Load {
     await Promise.all(this.#workers);
   }
 }
+
+/**
+ * Calls until `count` different instances have answered within one round of
+ * `2 × count` calls, as a long-running client would find them all connected.
+ */
+export async function untilAllAnswer(
+  client: GreeterClient,
+  count: number,
+  ms = 5000,
+): Promise<void> {
+  const start = Date.now();
+  while (true) {
+    const seen = new Set<string>();
+    for (let i = 0; i < 2 * count; i++) {
+      seen.add((await sayHello(client, { name: "warm" })).instance);
+    }
+    if (seen.size === count) return;
+    if (Date.now() - start > ms) {
+      throw new Error(`${count} instances answering: not within ${ms} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -22,8 +22,6 @@ import {
 
 /** The timers a {@linkcode MemoryEtcd} uses for lease expiry. Defaults to the global ones. */
 export interface Clock {
-  /** The current time in ms. */
-  now(): number;
   /** Schedules `fn` after `ms`. */
   setTimeout(fn: () => void, ms: number): unknown;
   /** Cancels a scheduled call. */
@@ -33,7 +31,6 @@ export interface Clock {
 interface Lease {
   readonly id: string;
   readonly ttl: number;
-  deadline: number;
   timer: unknown;
   readonly keys: Set<string>;
 }
@@ -74,7 +71,6 @@ class Store {
 
   constructor(clock?: Clock) {
     this.#clock = clock ?? {
-      now: () => Date.now(),
       setTimeout: (fn, ms) => setTimeout(fn, ms),
       clearTimeout: (id) => clearTimeout(id as number),
     };
@@ -153,7 +149,7 @@ class Store {
 
   grant(ttl: number): string {
     const id = String(this.#nextLease++);
-    const lease: Lease = { id, ttl, deadline: 0, timer: undefined, keys: new Set() };
+    const lease: Lease = { id, ttl, timer: undefined, keys: new Set() };
     this.#leases.set(id, lease);
     this.#arm(lease);
     return id;
@@ -195,7 +191,6 @@ class Store {
 
   #arm(lease: Lease): void {
     this.#clock.clearTimeout(lease.timer);
-    lease.deadline = this.#clock.now() + lease.ttl * 1000;
     lease.timer = this.#clock.setTimeout(() => this.revoke(lease.id), lease.ttl * 1000);
   }
 
