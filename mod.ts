@@ -50,11 +50,13 @@ export { weightedRoundRobin } from "./src/balancers/weighted_round_robin.ts";
 export { p2c, random, type RandomOptions } from "./src/balancers/random.ts";
 export { consistentHash, type ConsistentHashOptions } from "./src/balancers/consistent_hash.ts";
 export {
+  AuthenticationError,
   ClientClosedError,
   CompactedError,
   type EtcdClient,
   type KeyValue,
   LeaseNotFoundError,
+  PermissionDeniedError,
   type RangeResult,
   type WatchBatch,
   type WatchEvent,

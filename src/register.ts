@@ -8,10 +8,12 @@ import { abortable, asError, sleep } from "./_async.ts";
 import { backoff } from "./backoff.ts";
 import { checkEndpoint, checkService, encodeEndpoint, type Endpoint } from "./endpoint.ts";
 import {
+  AuthenticationError,
   ClientClosedError,
   CompactedError,
   type EtcdClient,
   LeaseNotFoundError,
+  PermissionDeniedError,
 } from "./etcd/client.ts";
 
 /**
@@ -169,7 +171,11 @@ class RegistrationImpl implements Registration {
           break;
         } catch (error) {
           lastError = error;
-          if (error instanceof ClientClosedError) break;
+          // Retrying cannot help these: fail now rather than at the timeout.
+          if (
+            error instanceof ClientClosedError || error instanceof PermissionDeniedError ||
+            error instanceof AuthenticationError
+          ) break;
           if (!signal.aborted) await sleep(backoff(attempt, BACKOFF), signal);
         }
       }
@@ -179,10 +185,12 @@ class RegistrationImpl implements Registration {
     if (this.#needPut) {
       await this.#shutdown(false);
       if (this.#userSignal?.aborted) throw this.#userSignal.reason;
+      const refused = lastError instanceof PermissionDeniedError ||
+        lastError instanceof AuthenticationError;
       throw new Error(
         `register(): could not register ${JSON.stringify(this.key)} on etcd at ${
           this.#client.hosts.join(", ")
-        } within ${timeout} ms: ${asError(lastError).message}`,
+        }${refused ? "" : ` within ${timeout} ms`}: ${asError(lastError).message}`,
         { cause: lastError },
       );
     }
@@ -359,7 +367,9 @@ class RegistrationImpl implements Registration {
  * @returns the registration, once the key is in etcd
  * @throws {TypeError} for an unusable service, endpoint or key
  * @throws {RangeError} for a TTL that is not an integer of at least 2, or a bad timeout
- * @throws {Error} naming the etcd hosts when etcd does not answer within `timeout`
+ * @throws {Error} naming the etcd hosts when etcd does not answer within `timeout`, or at
+ *   once when etcd rejects the credentials or denies the write (RBAC); the cause is then an
+ *   {@linkcode AuthenticationError} or {@linkcode PermissionDeniedError}
  */
 export async function register(
   client: EtcdClient,

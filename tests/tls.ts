@@ -6,6 +6,14 @@
  */
 import { findEtcd, freePort } from "./etcd_server.ts";
 
+/** A certificate and its key, as PEM text, and the paths of their files. */
+export interface Issued {
+  readonly cert: string;
+  readonly key: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+}
+
 /** PEM texts of a test CA and the certificates it signed. */
 export interface TestPki {
   readonly ca: string;
@@ -15,6 +23,16 @@ export interface TestPki {
   readonly clientKey: string;
   /** The directory holding the files (removed by `close`). */
   readonly dir: string;
+  /**
+   * Issues another certificate signed by this CA: for the DNS names given (the
+   * first is also the common name), valid from yesterday for two days, or
+   * expired (valid for one day in 2020) with `expired`.
+   */
+  issue(
+    name: string,
+    dnsNames: readonly string[],
+    options?: { expired?: boolean },
+  ): Promise<Issued>;
   close(): Promise<void>;
 }
 
@@ -28,6 +46,25 @@ async function openssl(dir: string, args: string[]): Promise<void> {
     throw new Error(`openssl ${args[0]} failed: ${new TextDecoder().decode(out.stderr)}`);
   }
 }
+
+// `openssl ca` rather than `x509 -req`: only it sets explicit dates (OpenSSL 3.0 has no
+// -not_before), which the expired certificate needs.
+const CA_CONFIG = `[ca]
+default_ca = test
+[test]
+dir = .
+database = index.txt
+new_certs_dir = .
+certificate = ca.crt
+private_key = ca.key
+serial = serial
+default_md = sha256
+policy = any
+unique_subject = no
+copy_extensions = none
+[any]
+commonName = supplied
+`;
 
 /** Makes a CA and a server and a client certificate for `localhost` and 127.0.0.1. */
 export async function makePki(): Promise<TestPki> {
@@ -47,10 +84,18 @@ export async function makePki(): Promise<TestPki> {
     "-subj",
     "/CN=grpc-etcd test CA",
   ]);
-  for (const name of ["server", "client"]) {
+  await Deno.writeTextFile(`${dir}/ca.cnf`, CA_CONFIG);
+  await Deno.writeTextFile(`${dir}/index.txt`, "");
+  await Deno.writeTextFile(`${dir}/serial`, "01\n");
+  const stamp = (date: Date) => date.toISOString().replace(/[-:T]/g, "").slice(0, 14) + "Z";
+  const sign = async (
+    name: string,
+    san: string,
+    options: { expired?: boolean } = {},
+  ): Promise<Issued> => {
     await Deno.writeTextFile(
       `${dir}/${name}.ext`,
-      "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+      `[ext]\nsubjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\n`,
     );
     await openssl(dir, [
       "req",
@@ -64,57 +109,120 @@ export async function makePki(): Promise<TestPki> {
       "-subj",
       `/CN=${name}`,
     ]);
+    const day = 86_400_000;
+    const from = options.expired ? new Date("2020-01-01T00:00:00Z") : new Date(Date.now() - day);
+    const until = new Date(from.getTime() + 2 * day);
     await openssl(dir, [
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-CA",
-      "ca.crt",
-      "-CAkey",
-      "ca.key",
-      "-CAcreateserial",
-      "-out",
-      `${name}.crt`,
-      "-days",
-      "2",
+      "ca",
+      "-batch",
+      "-notext",
+      "-config",
+      "ca.cnf",
+      "-startdate",
+      stamp(from),
+      "-enddate",
+      stamp(until),
       "-extfile",
       `${name}.ext`,
+      "-extensions",
+      "ext",
+      "-in",
+      `${name}.csr`,
+      "-out",
+      `${name}.crt`,
     ]);
-  }
-  const read = (file: string) => Deno.readTextFileSync(`${dir}/${file}`);
+    const certFile = `${dir}/${name}.crt`;
+    const keyFile = `${dir}/${name}.key`;
+    return {
+      cert: Deno.readTextFileSync(certFile),
+      key: Deno.readTextFileSync(keyFile),
+      certFile,
+      keyFile,
+    };
+  };
+  const server = await sign("server", "IP:127.0.0.1,DNS:localhost");
+  const client = await sign("client", "IP:127.0.0.1,DNS:localhost");
   return {
     dir,
-    ca: read("ca.crt"),
-    serverCert: read("server.crt"),
-    serverKey: read("server.key"),
-    clientCert: read("client.crt"),
-    clientKey: read("client.key"),
+    ca: Deno.readTextFileSync(`${dir}/ca.crt`),
+    serverCert: server.cert,
+    serverKey: server.key,
+    clientCert: client.cert,
+    clientKey: client.key,
+    issue: (name, dnsNames, options) =>
+      sign(name, dnsNames.map((n) => `DNS:${n}`).join(","), options),
     close: () => Deno.remove(dir, { recursive: true }).catch(() => {}),
   };
 }
 
-/** A single etcd member serving TLS on loopback and requiring client certificates. */
-export async function startTlsEtcd(pki: TestPki): Promise<{ endpoint: string } & AsyncDisposable> {
+/** How {@linkcode startSecureEtcd} configures etcd. */
+export interface SecureEtcdOptions {
+  /** Serve TLS with this PKI's server certificate and require client certificates from its CA. */
+  readonly pki?: TestPki;
+  /** Turn auth on, with user `root` (password {@linkcode ROOT_PASSWORD}) as the only user. */
+  readonly auth?: boolean;
+  /** `--auth-token-ttl` in seconds (simple tokens; etcd's default is 300). */
+  readonly tokenTtl?: number;
+}
+
+/** The root password of an etcd started with `auth: true`. */
+export const ROOT_PASSWORD = "root-secret";
+
+/** A running etcd with TLS and/or auth, and `etcdctl` pointed at it as root. */
+export interface SecureEtcd extends AsyncDisposable {
+  /** The client URL (`https://localhost:…` with TLS: grpc-js under Deno verifies names, not IPs). */
+  readonly endpoint: string;
+  /** Runs `etcdctl` against this etcd (as root when auth is on); resolves to its stdout. */
+  etcdctl(...args: string[]): Promise<string>;
+}
+
+function findEtcdctl(): string {
+  const etcd = findEtcd();
+  const dirs = [etcd.slice(0, etcd.lastIndexOf("/")), ...(Deno.env.get("PATH") ?? "").split(":")];
+  for (const dir of dirs) {
+    try {
+      if (dir && Deno.statSync(`${dir}/etcdctl`).isFile) return `${dir}/etcdctl`;
+    } catch {
+      // not in this directory
+    }
+  }
+  throw new Error(
+    `etcdctl was found neither beside ${etcd} nor on PATH; install it with: apt-get install -y etcd-client`,
+  );
+}
+
+/**
+ * Starts a single etcd member with TLS (client certificates required) and/or
+ * auth turned on (through `etcdctl`, the commands the README documents).
+ */
+export async function startSecureEtcd(options: SecureEtcdOptions): Promise<SecureEtcd> {
+  const { pki, auth = false, tokenTtl } = options;
   const port = freePort();
   const peer = `http://127.0.0.1:${freePort()}`;
-  const data = await Deno.makeTempDir({ prefix: "grpc-etcd-tls-" });
-  const child = new Deno.Command(findEtcd(), {
-    args: [
-      "--name=t",
-      `--data-dir=${data}`,
-      `--listen-client-urls=https://127.0.0.1:${port}`,
-      `--advertise-client-urls=https://localhost:${port}`,
-      `--listen-peer-urls=${peer}`,
-      `--initial-advertise-peer-urls=${peer}`,
-      `--initial-cluster=t=${peer}`,
+  const data = await Deno.makeTempDir({ prefix: "grpc-etcd-secure-" });
+  const scheme = pki ? "https" : "http";
+  const args = [
+    "--name=t",
+    `--data-dir=${data}`,
+    `--listen-client-urls=${scheme}://127.0.0.1:${port}`,
+    `--advertise-client-urls=${scheme}://localhost:${port}`,
+    `--listen-peer-urls=${peer}`,
+    `--initial-advertise-peer-urls=${peer}`,
+    `--initial-cluster=t=${peer}`,
+    "--logger=zap",
+    "--log-level=error",
+  ];
+  if (pki) {
+    args.push(
       `--cert-file=${pki.dir}/server.crt`,
       `--key-file=${pki.dir}/server.key`,
       `--trusted-ca-file=${pki.dir}/ca.crt`,
       "--client-cert-auth",
-      "--logger=zap",
-      "--log-level=error",
-    ],
+    );
+  }
+  if (tokenTtl !== undefined) args.push("--auth-token=simple", `--auth-token-ttl=${tokenTtl}`);
+  const child = new Deno.Command(findEtcd(), {
+    args,
     stdin: "null",
     stdout: "null",
     stderr: "null",
@@ -128,23 +236,57 @@ export async function startTlsEtcd(pki: TestPki): Promise<{ endpoint: string } &
     await child.status;
     await Deno.remove(data, { recursive: true }).catch(() => {});
   };
-  // Healthy once it answers a TLS connection on its port.
-  const deadline = Date.now() + 15_000;
-  while (true) {
-    try {
-      const conn = await Deno.connectTls({ hostname: "localhost", port, caCerts: [pki.ca] });
-      await conn.handshake();
-      conn.close();
-      break;
-    } catch (error) {
-      if (Date.now() > deadline) {
-        await stop();
-        throw new Error(`TLS etcd did not come up: ${error}`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
+  const endpoint = `${scheme}://localhost:${port}`;
+  const ctl = findEtcdctl();
+  let asRoot = false;
+  const etcdctl = async (...rest: string[]): Promise<string> => {
+    const flags = [`--endpoints=${endpoint}`, "--dial-timeout=2s", "--command-timeout=5s"];
+    if (pki) {
+      flags.push(
+        `--cacert=${pki.dir}/ca.crt`,
+        `--cert=${pki.dir}/client.crt`,
+        `--key=${pki.dir}/client.key`,
+      );
     }
+    if (asRoot) flags.push(`--user=root:${ROOT_PASSWORD}`);
+    const out = await new Deno.Command(ctl, {
+      args: [...flags, ...rest],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder();
+    if (!out.success) {
+      throw new Error(`etcdctl ${rest.join(" ")} failed: ${text.decode(out.stderr).trim()}`);
+    }
+    return text.decode(out.stdout);
+  };
+  try {
+    const deadline = Date.now() + 15_000;
+    while (true) {
+      try {
+        await etcdctl("endpoint", "health");
+        break;
+      } catch (error) {
+        if (Date.now() > deadline) throw new Error(`etcd did not come up: ${error}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    if (auth) {
+      await etcdctl("user", "add", `root:${ROOT_PASSWORD}`);
+      await etcdctl("role", "add", "root");
+      await etcdctl("user", "grant-role", "root", "root");
+      await etcdctl("auth", "enable");
+      asRoot = true;
+    }
+  } catch (error) {
+    await stop();
+    throw error;
   }
-  // etcd names "localhost" in its certificate; grpc-js under Deno cannot verify a TLS
-  // server by IP address (node:tls refuses an IP as servername), so clients use the name.
-  return { endpoint: `https://localhost:${port}`, [Symbol.asyncDispose]: stop };
+  return { endpoint, etcdctl, [Symbol.asyncDispose]: stop };
+}
+
+/** A single etcd member serving TLS on loopback and requiring client certificates. */
+export function startTlsEtcd(pki: TestPki): Promise<SecureEtcd> {
+  return startSecureEtcd({ pki });
 }

@@ -1,42 +1,119 @@
 /**
- * connect() against an etcd that requires TLS client certificates. (Groundwork
- * for the security issue: wrong CA, expired certificates, auth and RBAC are not
- * covered yet.)
+ * Security against a real etcd configured for it: mutual TLS, user/password
+ * auth with short-lived tokens, RBAC per service prefix, and TLS between
+ * dialed clients and served instances with the server name taken from the
+ * caller, never from the registry. Certificates are made by `openssl` into a
+ * temporary directory (tests/tls.ts).
  */
 import assert from "node:assert/strict";
-import { connect, register, resolve } from "../mod.ts";
-import { makePki, startTlsEtcd } from "./tls.ts";
+import { Buffer } from "node:buffer";
+import * as grpc from "@grpc/grpc-js";
+import {
+  AuthenticationError,
+  connect,
+  type EtcdClient,
+  PermissionDeniedError,
+  register,
+  resolve,
+  type Update,
+} from "../mod.ts";
+import { dial } from "../grpc.ts";
+import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
+import { type Issued, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
+import { TcpProxy } from "./tcp_proxy.ts";
+import { sleep, until } from "./wait.ts";
 
-Deno.test("tls: register and resolve through an etcd that requires client certificates", async () => {
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+function serverCredentials(ca: string, issued: Issued): grpc.ServerCredentials {
+  return grpc.ServerCredentials.createSsl(Buffer.from(ca), [
+    { cert_chain: Buffer.from(issued.cert), private_key: Buffer.from(issued.key) },
+  ], true);
+}
+
+Deno.test("tls: register, resolve and dial work through an etcd that requires client certificates", async () => {
   const pki = await makePki();
   try {
     await using etcd = await startTlsEtcd(pki);
-    // PEM as text for one client, as bytes for the other.
+    // PEM as text for one client, as bytes for another, as file paths for the third.
     await using a = connect({
       hosts: etcd.endpoint,
       tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey },
     });
-    const bytes = (text: string) => new TextEncoder().encode(text);
     await using b = connect({
       hosts: etcd.endpoint,
       tls: { ca: bytes(pki.ca), cert: bytes(pki.clientCert), key: bytes(pki.clientKey) },
     });
+    await using c = connect({
+      hosts: etcd.endpoint,
+      tls: { ca: `${pki.dir}/ca.crt`, cert: `${pki.dir}/client.crt`, key: `${pki.dir}/client.key` },
+    });
     await using registration = await register(a, "tls/svc", { addr: "10.0.0.1:50051" });
-    await using updates = resolve(b, "tls/svc");
-    const first = await updates.next();
-    assert.deepEqual(first.value, [{
-      op: "add",
-      key: registration.key,
-      endpoint: { addr: "10.0.0.1:50051" },
-    }]);
+    for (const client of [b, c]) {
+      await using updates = resolve(client, "tls/svc");
+      const first = await updates.next();
+      assert.deepEqual(first.value, [{
+        op: "add",
+        key: registration.key,
+        endpoint: { addr: "10.0.0.1:50051" },
+      }]);
+    }
+
+    // gRPC over mutual TLS too: instances serve a certificate for the service's name.
+    const service = "greeter.test";
+    const cert = await pki.issue("greeter", [service]);
+    const clientCert = await pki.issue("caller", ["caller.test"]);
+    const instances = await Promise.all(
+      ["g1", "g2"].map((name) =>
+        startGreeter(a, service, name, {
+          bind: "127.0.0.1:0",
+          credentials: serverCredentials(pki.ca, cert),
+          drainMs: 0,
+        })
+      ),
+    );
+    try {
+      const credentials = grpc.credentials.createSsl(
+        Buffer.from(pki.ca),
+        Buffer.from(clientCert.key),
+        Buffer.from(clientCert.cert),
+      );
+      const greeter: GreeterClient = dial(c, service, Greeter, { credentials });
+      try {
+        const seen = new Set<string>();
+        for (let i = 0; i < 20; i++) {
+          seen.add((await sayHello(greeter, { name: "tls" }, { waitForReady: true })).instance);
+        }
+        assert.deepEqual([...seen].sort(), ["g1", "g2"]);
+      } finally {
+        greeter.close();
+      }
+      // Without a client certificate the instances refuse the caller.
+      const anonymous: GreeterClient = dial(c, service, Greeter, {
+        credentials: grpc.credentials.createSsl(Buffer.from(pki.ca)),
+        onError: () => {},
+      });
+      try {
+        await assert.rejects(
+          sayHello(anonymous, { name: "x" }, { waitForReady: true, deadline: Date.now() + 1500 }),
+          (e: grpc.ServiceError) =>
+            e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED,
+        );
+      } finally {
+        anonymous.close();
+      }
+    } finally {
+      await Promise.all(instances.map((i) => i.close()));
+    }
   } finally {
     await pki.close();
   }
 });
 
-Deno.test("tls: a missing or foreign client certificate, or a wrong CA, fails in bounded time saying which", async (t) => {
+Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA, fails in bounded time saying which", async (t) => {
   const pki = await makePki();
   const other = await makePki();
+  const expired = await pki.issue("expired", ["localhost"], { expired: true });
   try {
     await using etcd = await startTlsEtcd(pki);
     const cases: [string, { ca: string; cert?: string; key?: string }, RegExp][] = [
@@ -45,6 +122,11 @@ Deno.test("tls: a missing or foreign client certificate, or a wrong CA, fails in
         "a client certificate from another CA",
         { ca: pki.ca, cert: other.clientCert, key: other.clientKey },
         /etcd rejected the client certificate/,
+      ],
+      [
+        "an expired client certificate",
+        { ca: pki.ca, cert: expired.cert, key: expired.key },
+        /etcd rejected the client certificate .*expired/,
       ],
       [
         "a CA that did not sign etcd's certificate",
@@ -70,8 +152,269 @@ Deno.test("tls: a missing or foreign client certificate, or a wrong CA, fails in
         assert.ok(Date.now() - start < 4000, `took ${Date.now() - start} ms`);
       });
     }
+    await t.step(
+      "unreadable or non-PEM files, and half a key pair, are refused by connect()",
+      () => {
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/missing.crt` } }),
+          /options\.tls\.ca: could not read the file ".*missing\.crt"/,
+        );
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/ca.cnf` } }),
+          /options\.tls\.ca: the file ".*ca\.cnf" is not PEM/,
+        );
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca, cert: pki.clientCert } }),
+          /options\.tls\.cert and options\.tls\.key go together, got only cert/,
+        );
+        assert.throws(
+          () => connect({ hosts: "http://127.0.0.1:2379", tls: { ca: pki.ca } }),
+          /options\.tls needs https:\/\/ hosts/,
+        );
+      },
+    );
   } finally {
     await pki.close();
     await other.close();
+  }
+});
+
+Deno.test("auth: a wrong password fails at once, saying so; the right one works", async () => {
+  await using etcd = await startSecureEtcd({ auth: true });
+  await using wrong = connect({
+    hosts: etcd.endpoint,
+    auth: { username: "root", password: "not-the-password" },
+    dialTimeout: 1000,
+  });
+  const start = Date.now();
+  await assert.rejects(
+    register(wrong, "a", { addr: "10.0.0.1:1" }, { timeout: 3000 }),
+    (e: Error) => {
+      assert.match(
+        e.message,
+        /^register\(\): could not register "a\/10.0.0.1:1" on etcd at http:\/\/localhost:\d+: etcd rejected the user name or password \(user "root"\)$/,
+      );
+      assert.ok(e.cause instanceof AuthenticationError);
+      return true;
+    },
+  );
+  assert.ok(Date.now() - start < 1500, `took ${Date.now() - start} ms`);
+  await using right = connect({
+    hosts: etcd.endpoint,
+    auth: { username: "root", password: ROOT_PASSWORD },
+  });
+  await using reg = await register(right, "a", { addr: "10.0.0.1:1" });
+  assert.equal(reg.state, "registered");
+  assert.throws(
+    () => connect({ hosts: etcd.endpoint, auth: { username: "", password: "x" } }),
+    /options\.auth must be \{ username, password \} with a non-empty username, got \{ username: "", password: … \}/,
+  );
+});
+
+/** The README's RBAC commands: each service writes its own prefix and reads those it calls. */
+async function grantService(
+  etcdctl: (...args: string[]) => Promise<string>,
+  user: string,
+  password: string,
+  writes: string | undefined,
+  reads: readonly string[],
+): Promise<void> {
+  await etcdctl("role", "add", user);
+  if (writes) await etcdctl("role", "grant-permission", user, "--prefix=true", "readwrite", writes);
+  for (const prefix of reads) {
+    await etcdctl("role", "grant-permission", user, "--prefix=true", "read", prefix);
+  }
+  await etcdctl("user", "add", `${user}:${password}`);
+  await etcdctl("user", "grant-role", user, user);
+}
+
+Deno.test("rbac: a service writes only its own prefix, cannot revoke another's lease; a reader cannot register", async () => {
+  await using etcd = await startSecureEtcd({ auth: true });
+  await grantService(etcd.etcdctl, "svc-a", "pw-a", "a/", ["b/"]);
+  await grantService(etcd.etcdctl, "svc-b", "pw-b", "b/", []);
+  await grantService(etcd.etcdctl, "reader", "pw-r", undefined, ["a/"]);
+  const as = (username: string, password: string) =>
+    connect({ hosts: etcd.endpoint, auth: { username, password }, dialTimeout: 2000 });
+  await using a = as("svc-a", "pw-a");
+  await using b = as("svc-b", "pw-b");
+  await using reader = as("reader", "pw-r");
+  const quiet = { onError: () => {} };
+
+  await using regA = await register(a, "a", { addr: "10.0.0.1:1" }, quiet);
+  await using regB = await register(b, "b", { addr: "10.0.0.2:1" }, quiet);
+
+  // A cannot write under b/: refused at once, naming the key and the user.
+  const start = Date.now();
+  await assert.rejects(
+    register(a, "b", { addr: "10.6.6.6:1" }, { ...quiet, timeout: 4000 }),
+    (e: Error) => {
+      assert.ok(e.cause instanceof PermissionDeniedError, String(e.cause));
+      assert.match(
+        e.message,
+        /etcd denied writing "b\/10.6.6.6:1" to user "svc-a": permission denied/,
+      );
+      return true;
+    },
+  );
+  assert.ok(Date.now() - start < 2000, `took ${Date.now() - start} ms`);
+  // A cannot revoke B's lease (etcd checks write access to every key on the lease).
+  await assert.rejects(a.revokeLease(regB.lease), PermissionDeniedError);
+  assert.equal((await b.get(regB.key)).kvs.length, 1);
+  assert.equal(regB.state, "registered");
+
+  // A reads b/ (the service it calls); the reader resolves a/ but cannot register there.
+  const first = async (client: EtcdClient, service: string) => {
+    await using updates = resolve(client, service, quiet);
+    return (await updates.next()).value as Update[];
+  };
+  assert.deepEqual((await first(a, "b")).map((u) => u.key), [regB.key]);
+  assert.deepEqual((await first(reader, "a")).map((u) => u.key), [regA.key]);
+  await assert.rejects(
+    register(reader, "a", { addr: "10.0.0.9:1" }, quiet),
+    /etcd denied writing "a\/10.0.0.9:1" to user "reader": permission denied/,
+  );
+  // B cannot even read a/: the resolver reports the refusal by name.
+  const errors: Error[] = [];
+  await using denied = resolve(b, "a", { onError: (e) => errors.push(e) });
+  const pending = denied.next();
+  await until("a report of the refused read", 5000, () => errors.length > 0);
+  assert.ok(errors[0] instanceof PermissionDeniedError, String(errors[0]));
+  assert.match(errors[0]!.message, /etcd denied reading the prefix "a\/" to user "svc-b"/);
+  await denied.return();
+  assert.deepEqual(await pending, { done: true, value: undefined });
+});
+
+Deno.test("auth: with 5 s tokens, a registration and a resolver run 60 s through connection resets without a drop or a missed update", async () => {
+  await using etcd = await startSecureEtcd({ auth: true, tokenTtl: 5 });
+  const auth = { username: "root", password: ROOT_PASSWORD };
+  // The clients go through proxies so that their connections can be reset: every new
+  // stream then starts with a token that expired while the old one was quiet.
+  const target = etcd.endpoint.replace("localhost", "127.0.0.1");
+  await using proxyA = new TcpProxy(target);
+  await using proxyB = new TcpProxy(target);
+  await using a = connect({ hosts: proxyA.endpoint, auth });
+  await using b = connect({ hosts: proxyB.endpoint, auth });
+  await using writer = connect({ hosts: etcd.endpoint, auth });
+  await using observer = connect({ hosts: etcd.endpoint, auth });
+  const quiet = { onError: () => {} };
+  // TTL 30: renewals 10 s apart, so the registering client's token lapses between them.
+  await using reg = await register(a, "a", { addr: "10.0.0.1:1" }, { ...quiet, ttl: 30 });
+  const dropped: Update[] = [];
+  await using watchReg = resolve(observer, "a", quiet);
+  const readReg = (async () => {
+    for await (const batch of watchReg) dropped.push(...batch.filter((u) => u.op === "delete"));
+  })();
+  const seen: string[] = [];
+  await using updates = resolve(b, "w", quiet);
+  const read = (async () => {
+    for await (const batch of updates) for (const u of batch) seen.push(`${u.op} ${u.key}`);
+  })();
+  const written: string[] = [];
+  const start = Date.now();
+  for (let i = 0; Date.now() - start < 60_000; i++) {
+    const key = `w/${String(i).padStart(3, "0")}`;
+    if (i % 3 === 2) {
+      await writer.delete(`w/${String(i - 1).padStart(3, "0")}`);
+      written.push(`delete w/${String(i - 1).padStart(3, "0")}`);
+    } else {
+      await writer.put(key, JSON.stringify({ Op: 0, Addr: `10.1.0.${i % 250}:1` }));
+      written.push(`add ${key}`);
+    }
+    // Every 12 s, after the tokens have lapsed, reset both clients' connections.
+    if (i % 12 === 11) {
+      await proxyA.cut();
+      await proxyB.cut();
+      proxyA.restore();
+      proxyB.restore();
+    }
+    await sleep(1000);
+  }
+  await until("the resolver catching up", 10_000, () => seen.length >= written.length);
+  assert.deepEqual(seen, written);
+  assert.deepEqual(dropped, [], "the registration was never deleted");
+  assert.equal(reg.state, "registered");
+  assert.equal((await observer.get(reg.key)).kvs.length, 1);
+  await updates.return();
+  await watchReg.return();
+  await Promise.all([read, readReg]);
+});
+
+Deno.test("tls: a rogue entry pointing at a server with a certificate for another name gets no calls, and dial says why", async () => {
+  const pki = await makePki();
+  try {
+    await using etcd = await startSecureEtcd({});
+    await using client = connect({ hosts: etcd.endpoint.replace("localhost", "127.0.0.1") });
+    const service = "payments.internal";
+    const good = await startGreeter(client, service, "good", {
+      bind: "127.0.0.1:0",
+      credentials: serverCredentials(pki.ca, await pki.issue("payments", [service])),
+      drainMs: 0,
+    });
+    // The rogue server holds a real certificate from the same CA, for another name.
+    let rogueCalls = 0;
+    const rogue = new grpc.Server();
+    rogue.addService(Greeter.service, {
+      SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
+        rogueCalls++;
+        callback(null, { message: "gotcha", instance: "rogue" });
+      },
+    });
+    const rogueCert = await pki.issue("rogue", ["rogue.internal"]);
+    const roguePort = await new Promise<number>((ok, fail) =>
+      rogue.bindAsync(
+        "127.0.0.1:0",
+        serverCredentials(pki.ca, rogueCert),
+        (e, port) => e ? fail(e) : ok(port),
+      )
+    );
+    // Valid JSON, in the Go layout, under the service's prefix: etcd cannot tell it apart.
+    const rogueAddr = `127.0.0.1:${roguePort}`;
+    await client.put(
+      `${service}/${rogueAddr}`,
+      JSON.stringify({ Op: 0, Addr: rogueAddr, Metadata: { name: "good" } }),
+    );
+    const errors: Error[] = [];
+    const caller = await pki.issue("caller", ["caller.internal"]);
+    const greeter: GreeterClient = dial(client, service, Greeter, {
+      credentials: grpc.credentials.createSsl(
+        Buffer.from(pki.ca),
+        Buffer.from(caller.key),
+        Buffer.from(caller.cert),
+      ),
+      onError: (e) => errors.push(e),
+    });
+    try {
+      const answers = new Map<string, number>();
+      for (let i = 0; i < 50; i++) {
+        const { instance } = await sayHello(greeter, { name: "x" }, { waitForReady: true });
+        answers.set(instance, (answers.get(instance) ?? 0) + 1);
+      }
+      assert.deepEqual(Object.fromEntries(answers), { good: 50 });
+      assert.equal(rogueCalls, 0);
+      await until("a report on the rogue instance", 5000, () => errors.length > 0);
+      const report = errors.find((e) => e.message.includes(rogueAddr));
+      assert.ok(report, errors.map((e) => e.message).join("\n"));
+      assert.match(
+        report.message,
+        new RegExp(
+          `instance ${rogueAddr} \\("${service}/${rogueAddr}"\\) gets no calls: .*payments\\.internal.*rogue\\.internal`,
+        ),
+      );
+    } finally {
+      greeter.close();
+      rogue.forceShutdown();
+      await good.close();
+    }
+    // A service name that is not a DNS name needs an explicit serverName with TLS.
+    assert.throws(
+      () => dial(client, "svc/payments", Greeter, { credentials: grpc.credentials.createSsl() }),
+      /options\.serverName is needed with TLS credentials: the service name "svc\/payments" is not a DNS name/,
+    );
+    assert.throws(
+      () => dial(client, service, Greeter, { serverName: "bad name" }),
+      /options\.serverName must be a DNS name, got "bad name"/,
+    );
+  } finally {
+    await pki.close();
   }
 });

@@ -106,6 +106,46 @@ export class ClientClosedError extends Error {
 }
 
 /**
+ * etcd refused an operation to the authenticated user (RBAC: the user's roles do
+ * not grant it). Retrying does not help until an administrator grants it.
+ */
+export class PermissionDeniedError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param operation what was refused, e.g. `write "b/10.0.0.1:50051"`
+   * @param user the user name the client authenticated as
+   * @param options the underlying cause
+   */
+  constructor(operation: string, user: string | undefined, options?: ErrorOptions) {
+    super(
+      `etcd denied ${operation} to ${
+        user === undefined ? "this client" : `user ${JSON.stringify(user)}`
+      }: permission denied (see the README's RBAC section)`,
+      options,
+    );
+    this.name = "PermissionDeniedError";
+  }
+}
+
+/**
+ * etcd rejected the credentials: a wrong user name or password. Retrying with
+ * the same credentials does not help.
+ */
+export class AuthenticationError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param user the user name given in `auth`
+   * @param options the underlying cause
+   */
+  constructor(user: string, options?: ErrorOptions) {
+    super(`etcd rejected the user name or password (user ${JSON.stringify(user)})`, options);
+    this.name = "AuthenticationError";
+  }
+}
+
+/**
  * The door to etcd. Every method may reject when etcd cannot be reached; unary
  * calls are bounded by the implementation's deadline.
  */

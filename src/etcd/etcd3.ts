@@ -5,11 +5,13 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { readFileSync } from "node:fs";
 import {
   ClientClosedError as Etcd3ClosedError,
   Etcd3,
   EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
+  EtcdPermissionDeniedError,
   type IKeyValue,
   type IOptions,
   isRecoverableError,
@@ -24,18 +26,23 @@ import {
 } from "cockatiel";
 import { Queue } from "../_async.ts";
 import {
+  AuthenticationError,
   ClientClosedError,
   CompactedError,
   type EtcdClient,
   type KeyValue,
   LeaseNotFoundError,
+  PermissionDeniedError,
   type RangeResult,
   type WatchBatch,
   type WatchEvent,
   type WatchOptions,
 } from "./client.ts";
 
-/** PEM text or bytes. */
+/**
+ * PEM text (a string holding `-----BEGIN`), PEM bytes, or the path of a PEM
+ * file (any other string; read once by `connect()`).
+ */
 export type Pem = string | Uint8Array;
 
 /** Options of {@linkcode connect}. */
@@ -44,7 +51,10 @@ export interface ConnectOptions {
   readonly hosts: string | readonly string[];
   /** User and password, when etcd has auth enabled. */
   readonly auth?: { readonly username: string; readonly password: string };
-  /** TLS material: the CA that signed etcd's certificate, and a client certificate and key. */
+  /**
+   * TLS material: the CA that signed etcd's certificate, and a client certificate
+   * and key (both or neither). Each is PEM text, PEM bytes or a file path.
+   */
   readonly tls?: { readonly ca?: Pem; readonly cert?: Pem; readonly key?: Pem };
   /**
    * The deadline of every unary call (get, put, lease grant/renew/revoke), in ms.
@@ -134,6 +144,7 @@ class Etcd3Client implements EtcdClient {
   readonly #owned: boolean;
   readonly #timeout: number;
   readonly #tls: "none" | "no-client-cert" | "client-cert";
+  readonly #user: string | undefined;
   #closed = false;
 
   constructor(
@@ -142,20 +153,25 @@ class Etcd3Client implements EtcdClient {
     owned: boolean,
     timeout: number,
     tls: "none" | "no-client-cert" | "client-cert" = "none",
+    user?: string,
   ) {
     this.#etcd = etcd;
     this.hosts = hosts;
     this.#owned = owned;
     this.#timeout = timeout;
     this.#tls = tls;
+    this.#user = user;
   }
 
   #deadline(): { deadline: number } {
     return { deadline: Date.now() + this.#timeout };
   }
 
-  /** Runs a call, turning "client closed" (ours or etcd3's) into ClientClosedError. */
-  async #run<T>(call: () => Promise<T>): Promise<T> {
+  /**
+   * Runs a call, turning "client closed" (ours or etcd3's) into ClientClosedError
+   * and a refusal by etcd's RBAC into PermissionDeniedError naming `operation`.
+   */
+  async #run<T>(operation: string, call: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new ClientClosedError();
     try {
       return await call();
@@ -163,8 +179,25 @@ class Etcd3Client implements EtcdClient {
       if (this.#closed || error instanceof Etcd3ClosedError) {
         throw new ClientClosedError({ cause: error });
       }
+      if (error instanceof EtcdPermissionDeniedError) {
+        throw new PermissionDeniedError(operation, this.#user, { cause: error });
+      }
       throw this.#explain(error);
     }
+  }
+
+  /**
+   * Forgets the auth token after etcd called it invalid (expired, or etcd restarted):
+   * etcd3 does this itself for unary calls, but streams (watch, keepalive) would be
+   * re-created with the stale token forever.
+   */
+  #tokenRejected(reason: string): boolean {
+    if (!/invalid auth token/i.test(reason)) return false;
+    const pool = (this.#etcd as unknown as {
+      pool?: { authenticator?: { invalidateMetadata?: () => void } };
+    }).pool;
+    pool?.authenticator?.invalidateMetadata?.();
+    return true;
   }
 
   #lastFailure: Error | undefined;
@@ -196,10 +229,12 @@ class Etcd3Client implements EtcdClient {
     } else if (aborted && this.#tls === "client-cert") {
       hint = "etcd rejected the client certificate or closed the TLS connection " +
         "(expired, or not signed by a CA etcd trusts)";
-    } else if (error instanceof EtcdAuthenticationFailedError) {
-      hint = "etcd rejected the user name or password";
     }
-    const explained = hint ? new Error(`${hint}: ${text}`, { cause: error }) : error;
+    const explained = error instanceof EtcdAuthenticationFailedError
+      ? new AuthenticationError(this.#user ?? "", { cause: error })
+      : hint
+      ? new Error(`${hint}: ${text}`, { cause: error })
+      : error;
     this.#lastFailure = explained;
     return explained;
   }
@@ -207,21 +242,21 @@ class Etcd3Client implements EtcdClient {
   getPrefix(prefix: string): Promise<RangeResult> {
     if (prefix === "") return Promise.reject(new TypeError("prefix must not be empty"));
     const key = Buffer.from(prefix);
-    return this.#run(async () => {
+    return this.#run(`reading the prefix ${JSON.stringify(prefix)}`, async () => {
       const res = await this.#etcd.kv.range({ key, range_end: prefixEnd(key) }, this.#deadline());
       return { revision: Number(res.header.revision), kvs: res.kvs.map(toKeyValue) };
     });
   }
 
   get(key: string): Promise<RangeResult> {
-    return this.#run(async () => {
+    return this.#run(`reading ${JSON.stringify(key)}`, async () => {
       const res = await this.#etcd.kv.range({ key: Buffer.from(key) }, this.#deadline());
       return { revision: Number(res.header.revision), kvs: res.kvs.map(toKeyValue) };
     });
   }
 
   put(key: string, value: string, lease?: string): Promise<number> {
-    return this.#run(() => this.#put(key, value, lease));
+    return this.#run(`writing ${JSON.stringify(key)}`, () => this.#put(key, value, lease));
   }
 
   async #put(key: string, value: string, lease?: string): Promise<number> {
@@ -240,14 +275,14 @@ class Etcd3Client implements EtcdClient {
   }
 
   delete(key: string): Promise<number> {
-    return this.#run(async () => {
+    return this.#run(`deleting ${JSON.stringify(key)}`, async () => {
       const res = await this.#etcd.kv.deleteRange({ key: Buffer.from(key) }, this.#deadline());
       return Number(res.header.revision);
     });
   }
 
   grantLease(ttl: number): Promise<string> {
-    return this.#run(async () => {
+    return this.#run("granting a lease", async () => {
       const res = await this.#etcd.leaseClient.leaseGrant({ TTL: ttl }, this.#deadline());
       if (res.error) throw new Error(`etcd refused a lease of ${ttl} s: ${res.error}`);
       return String(res.ID);
@@ -256,7 +291,7 @@ class Etcd3Client implements EtcdClient {
 
   keepAlive(lease: string, options: { timeout?: number } = {}): Promise<number> {
     const timeout = Math.min(options.timeout ?? this.#timeout, this.#timeout);
-    return this.#run(() => this.#keepAlive(lease, timeout));
+    return this.#run(`renewing lease ${lease}`, () => this.#keepAlive(lease, timeout));
   }
 
   async #keepAlive(lease: string, timeout: number): Promise<number> {
@@ -267,14 +302,17 @@ class Etcd3Client implements EtcdClient {
         stream.end();
       });
       // Keep a listener for the whole life of the stream: an 'error' with none crashes.
-      stream.on("error", (error: Error) => reject(error));
+      stream.on("error", (error: Error) => {
+        this.#tokenRejected(error.message);
+        reject(error);
+      });
       stream.on("end", () => reject(new Error("etcd ended the keepalive stream")));
       stream.write({ ID: lease });
     });
   }
 
   revokeLease(lease: string): Promise<void> {
-    return this.#run(async () => {
+    return this.#run(`revoking lease ${lease}`, async () => {
       try {
         await this.#etcd.leaseClient.leaseRevoke({ ID: lease }, this.#deadline());
       } catch (error) {
@@ -290,14 +328,23 @@ class Etcd3Client implements EtcdClient {
     const stop = () => queue.end();
     signal?.addEventListener("abort", stop, { once: true });
     const key = Buffer.from(prefix);
-    const stream = await this.#run(() => this.#etcd.watchClient.watch());
+    const what = `watching ${JSON.stringify(prefix)}`;
+    const stream = await this.#run(what, () => this.#etcd.watchClient.watch());
     stream.on("data", (res: IWatchResponse) => {
       if (res.canceled) {
         const compacted = Number(res.compact_revision);
+        const reason = String(res.cancel_reason);
+        const rejected = this.#tokenRejected(reason);
         queue.fail(
           compacted > 0
             ? new CompactedError(compacted)
-            : new Error(`etcd cancelled the watch on ${prefix}: ${res.cancel_reason}`),
+            : /permission denied/i.test(reason)
+            ? new PermissionDeniedError(what, this.#user)
+            : new Error(
+              `etcd cancelled the watch on ${prefix}: ${reason}${
+                rejected ? " (the auth token is renewed for the next attempt)" : ""
+              }`,
+            ),
         );
         return;
       }
@@ -305,6 +352,7 @@ class Etcd3Client implements EtcdClient {
     });
     // Keep a listener for the whole life of the stream: an 'error' with none crashes.
     stream.on("error", (error: Error) => {
+      this.#tokenRejected(error.message);
       queue.fail(this.#closed ? new ClientClosedError({ cause: error }) : error);
     });
     stream.on("end", () => queue.fail(new Error(`etcd ended the watch stream on ${prefix}`)));
@@ -339,8 +387,31 @@ class Etcd3Client implements EtcdClient {
   }
 }
 
-function pem(value: Pem | undefined): Buffer | undefined {
-  return value === undefined ? undefined : Buffer.from(value);
+/** PEM text or bytes as given, or read from the file a string names. */
+function pem(name: string, value: Pem | undefined): Buffer | undefined {
+  if (value === undefined) return undefined;
+  if (value instanceof Uint8Array) return Buffer.from(value);
+  if (typeof value !== "string" || value === "") {
+    throw new TypeError(
+      `options.tls.${name} must be PEM text, PEM bytes or a file path, got ${String(value)}`,
+    );
+  }
+  if (value.includes("-----BEGIN")) return Buffer.from(value);
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(value);
+  } catch (error) {
+    throw new TypeError(
+      `options.tls.${name}: could not read the file ${JSON.stringify(value)}: ${
+        (error as Error).message
+      }`,
+      { cause: error },
+    );
+  }
+  if (!bytes.toString("latin1").includes("-----BEGIN")) {
+    throw new TypeError(`options.tls.${name}: the file ${JSON.stringify(value)} is not PEM`);
+  }
+  return bytes;
 }
 
 /**
@@ -381,14 +452,37 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
     throw new RangeError(`options.dialTimeout must be a positive number of ms, got ${dialTimeout}`);
   }
   const { tls, auth } = options;
+  if (
+    auth !== undefined &&
+    (typeof auth !== "object" || auth === null || typeof auth.username !== "string" ||
+      auth.username === "" || typeof auth.password !== "string")
+  ) {
+    throw new TypeError(
+      `options.auth must be { username, password } with a non-empty username, got ${
+        auth === null || typeof auth !== "object"
+          ? String(auth)
+          : `{ username: ${JSON.stringify(auth.username)}, password: … }`
+      }`,
+    );
+  }
+  if (tls !== undefined && (tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new TypeError(
+      `options.tls.cert and options.tls.key go together, got only ${tls.cert ? "cert" : "key"}`,
+    );
+  }
+  if (tls !== undefined && hosts.some((host) => host.startsWith("http://"))) {
+    throw new TypeError(
+      `options.tls needs https:// hosts, got ${JSON.stringify(hosts)}`,
+    );
+  }
   const etcd = new Etcd3({
     hosts,
     auth: auth ? { username: auth.username, password: auth.password } : undefined,
     credentials: tls
       ? {
-        rootCertificate: pem(tls.ca) as Buffer,
-        privateKey: pem(tls.key),
-        certChain: pem(tls.cert),
+        rootCertificate: pem("ca", tls.ca) as Buffer,
+        privateKey: pem("key", tls.key),
+        certChain: pem("cert", tls.cert),
       }
       : undefined,
     dialTimeout,
@@ -414,5 +508,5 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
     },
   });
   const tlsMode = !tls ? "none" : tls.cert && tls.key ? "client-cert" : "no-client-cert";
-  return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode);
+  return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username);
 }

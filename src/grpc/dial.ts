@@ -32,13 +32,23 @@ type CreateCallArgs = Parameters<grpc.ChannelInterface["createCall"]>;
 export interface DialOptions {
   /** Credentials for the connections to the instances. Default: insecure. */
   readonly credentials?: grpc.ChannelCredentials;
+  /**
+   * With TLS credentials: the name every instance's certificate must carry, also
+   * sent as the `:authority`. Default: the service name, which must then be a DNS
+   * name. Never taken from etcd: a registry value chooses only the address, so an
+   * entry pointing at a server without a certificate for this name gets no calls.
+   */
+  readonly serverName?: string;
   /** Builds the per-call picker over the READY instances. Default {@linkcode roundRobin}. */
   readonly balancer?: Balancer;
   /** grpc-js options for each per-instance channel. */
   readonly channelOptions?: grpc.ChannelOptions;
   /** Closes the client when aborted. */
   readonly signal?: AbortSignal;
-  /** Called with resolver problems (bad values in etcd, lost etcd connection). */
+  /**
+   * Called with resolver problems (bad values in etcd, lost etcd connection) and,
+   * with TLS credentials, with why an instance cannot be connected to.
+   */
   readonly onError?: (error: Error) => void;
 }
 
@@ -60,6 +70,9 @@ interface Entry {
 }
 
 let callNumbers = 0;
+
+const DNS_NAME =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 /** A call that waits for a pick, then runs on the picked endpoint's channel. */
 class PickedCall implements Call {
@@ -192,6 +205,7 @@ class BalancedChannel implements grpc.ChannelInterface {
   readonly #credentials: grpc.ChannelCredentials;
   readonly #channelOptions: grpc.ChannelOptions;
   readonly #balancer: Balancer;
+  readonly #secure: boolean;
   readonly #entries = new Map<string, Entry>();
   readonly #byEndpoint = new Map<Endpoint, Entry>();
   readonly #queue = new Set<PickedCall>();
@@ -215,7 +229,16 @@ class BalancedChannel implements grpc.ChannelInterface {
     this.#service = service;
     this.#target = `etcd:///${service}`;
     this.#credentials = options.credentials ?? grpc.credentials.createInsecure();
-    this.#channelOptions = options.channelOptions ?? {};
+    this.#secure = this.#credentials._isSecure();
+    this.#channelOptions = this.#secure
+      ? {
+        ...options.channelOptions,
+        // The name to verify comes from the caller, never from the registry value (whose
+        // address is often an IP, which grpc-js under Deno cannot verify anyway).
+        "grpc.ssl_target_name_override": options.serverName ?? service,
+        "grpc.default_authority": options.serverName ?? service,
+      }
+      : options.channelOptions ?? {};
     this.#balancer = options.balancer ?? roundRobin;
     this.#onError = options.onError ??
       ((error) => console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`));
@@ -269,10 +292,53 @@ class BalancedChannel implements grpc.ChannelInterface {
     if (state === IDLE) state = entry.channel.getConnectivityState(true);
     if (state !== entry.state) {
       entry.state = state;
+      if (state === TRANSIENT_FAILURE && this.#secure) this.#explainFailure(entry);
       this.#rebuild();
     }
     if (state === SHUTDOWN) return;
     entry.channel.watchConnectivityState(state, Infinity, () => this.#watch(entry));
+  }
+
+  /**
+   * Reports why an instance cannot be connected to (a certificate for another name,
+   * an untrusted CA, a refused connection). grpc-js keeps the reason inside the
+   * channel; a call that is not `waitForReady` fails at once with it, before any
+   * connection is made.
+   */
+  #explainFailure(entry: Entry): void {
+    const call = entry.channel.createCall(
+      "/grpc.health.v1.Health/Check",
+      Date.now() + 1000,
+      null,
+      null,
+      0,
+    );
+    call.start(new grpc.Metadata(), {
+      onReceiveMetadata: () => {},
+      onReceiveMessage: () => {},
+      onReceiveStatus: (status) => {
+        if (status.code === grpc.status.OK || entry.removed) return;
+        // grpc-js stamps the last error with its time: drop it so that one reason reports once.
+        const why = status.details.replace(/ ?\(\d{4}-\d\d-\d\dT[^)]*\)/g, "")
+          .replace(/\s*Resolution note:\s*$/, "");
+        this.#report(
+          new Error(
+            `instance ${entry.endpoint.addr} (${JSON.stringify(entry.key)}) gets no calls: ${why}`,
+          ),
+        );
+      },
+    });
+  }
+
+  /** Reports each distinct problem once per client. */
+  #report(error: Error): void {
+    if (this.#reported.has(error.message) || this.#reported.size > 1000) return;
+    this.#reported.add(error.message);
+    try {
+      this.#onError(error);
+    } catch {
+      // A throwing handler must not break the client.
+    }
   }
 
   #remove(key: string): void {
@@ -304,12 +370,8 @@ class BalancedChannel implements grpc.ChannelInterface {
     this.#ready = ready.length;
     this.#picker = this.#balancer(ready, {
       inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
-      report: (error) => {
-        // Each distinct problem once per client, not once per rebuild.
-        if (this.#reported.has(error.message) || this.#reported.size > 1000) return;
-        this.#reported.add(error.message);
-        this.#onError(error);
-      },
+      // Each distinct problem once per client, not once per rebuild.
+      report: (error) => this.#report(error),
     });
     this.#setState(this.#aggregate());
     for (const call of [...this.#queue]) this.pick(call);
@@ -456,7 +518,8 @@ class BalancedChannel implements grpc.ChannelInterface {
  * @param Ctor the grpc-js client class
  * @param options credentials, balancer, channel options, signal, error handler
  * @returns a client instance of `Ctor`
- * @throws {TypeError} when the service name or `Ctor` is unusable
+ * @throws {TypeError} when the service name or `Ctor` is unusable, or with TLS credentials
+ *   when neither `serverName` nor the service name is a DNS name
  */
 export function dial<C extends grpc.Client>(
   client: EtcdClient,
@@ -474,6 +537,20 @@ export function dial<C extends grpc.Client>(
   }
   if (options.balancer !== undefined && typeof options.balancer !== "function") {
     throw new TypeError(`options.balancer must be a function, got ${String(options.balancer)}`);
+  }
+  if (options.serverName !== undefined && !DNS_NAME.test(String(options.serverName))) {
+    throw new TypeError(
+      `options.serverName must be a DNS name, got ${JSON.stringify(options.serverName)}`,
+    );
+  }
+  if (
+    options.credentials?._isSecure() && options.serverName === undefined && !DNS_NAME.test(service)
+  ) {
+    throw new TypeError(
+      `options.serverName is needed with TLS credentials: the service name ${
+        JSON.stringify(service)
+      } is not a DNS name that the instances' certificates could carry`,
+    );
   }
   options.signal?.throwIfAborted();
   const channel = new BalancedChannel(client, service, options);
