@@ -137,6 +137,11 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
     for (const [name, tls, reason] of cases) {
       await t.step(name, async () => {
         await using client = connect({ hosts: etcd.endpoint, tls, dialTimeout: 1000 });
+        // One call fails within the dial timeout, saying which; register() retries until its
+        // own timeout and then says the same.
+        const first = Date.now();
+        await assert.rejects(client.getPrefix("tls/"), reason);
+        assert.ok(Date.now() - first < 1500, `took ${Date.now() - first} ms`);
         const start = Date.now();
         await assert.rejects(
           register(client, "tls/svc", { addr: "10.0.0.1:50051" }, { timeout: 2000 }),
@@ -176,6 +181,29 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
   } finally {
     await pki.close();
     await other.close();
+  }
+});
+
+Deno.test("tls and auth together: client certificate and password", async () => {
+  const pki = await makePki();
+  try {
+    await using etcd = await startSecureEtcd({ pki, auth: true });
+    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
+    await using a = connect({
+      hosts: etcd.endpoint,
+      tls,
+      auth: { username: "root", password: ROOT_PASSWORD },
+    });
+    await using reg = await register(a, "both", { addr: "10.0.0.1:1" });
+    assert.equal(reg.state, "registered");
+    await using wrong = connect({
+      hosts: etcd.endpoint,
+      tls,
+      auth: { username: "root", password: "nope" },
+    });
+    await assert.rejects(wrong.get(reg.key), AuthenticationError);
+  } finally {
+    await pki.close();
   }
 });
 
