@@ -14,6 +14,7 @@ import {
   roundRobin,
   weightedRoundRobin,
 } from "../mod.ts";
+import { hash32 } from "../src/balancers/consistent_hash.ts";
 import { endpoints, infos, sink } from "./_endpoints.ts";
 
 const PICKS = 1000;
@@ -69,6 +70,18 @@ for (const n of [3, 100, 10_000]) {
     },
   });
 
+  const counts = Int32Array.from(list, (_, i) => i % 7);
+  const byIndex = p2c(list, { inflightAt: (i) => counts[i]! });
+  Deno.bench({
+    name: "p2c (in-flight counts by index, as dial gives them)",
+    group,
+    fn() {
+      let acc = 0;
+      for (let k = 0; k < PICKS; k++) acc += byIndex()!.addr.length;
+      sink.value += acc;
+    },
+  });
+
   const two = p2c(list, { inflight });
   Deno.bench({
     name: "p2c (in-flight counts from a Map)",
@@ -79,6 +92,20 @@ for (const n of [3, 100, 10_000]) {
       sink.value += acc;
     },
   });
+
+  if (n === 10_000) {
+    // What any picker that hashes the request key pays before it looks anything up.
+    let h = 0;
+    Deno.bench({
+      name: "reference: hashing the request key alone (consistentHash's hash32)",
+      group,
+      fn() {
+        let acc = 0;
+        for (let k = 0; k < PICKS; k++) acc += hash32(infos[h++ & 1023]!.header("x-hash-key")!);
+        sink.value += acc;
+      },
+    });
+  }
 
   const ring = consistentHash(list);
   let j = 0;

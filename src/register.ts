@@ -219,13 +219,15 @@ class RegistrationImpl implements Registration {
         }
       }
       const interval = (this.#ttl * 1000) / 3;
+      const hung = Math.min(interval, Math.max(250, this.#ttl * 100));
       await this.#sleep(attempt === 0 ? interval : Math.min(interval, backoff(attempt, BACKOFF)));
       if (signal.aborted || this.#needPut) continue;
       try {
-        // A renewal that takes longer than a third of the TTL is hung (a frozen member):
-        // give up on it in time to try again before the lease can expire.
+        // A renewal that takes longer than a tenth of the TTL (at least 250 ms) is taken as
+        // hung (a frozen member): give up on it and try again, so that several attempts, and
+        // other hosts, fit before the lease can expire. etcd answers one in milliseconds.
         const remaining = await abortable(
-          this.#client.keepAlive(this.#lease, { timeout: interval }),
+          this.#client.keepAlive(this.#lease, { timeout: hung }),
           signal,
         );
         attempt = 0;

@@ -474,9 +474,15 @@ scenario(
     const client = connect({ hosts: [frozen.clientUrl, healthy.clientUrl], dialTimeout: 1000 });
     const checker = connect({ hosts: [healthy.clientUrl], dialTimeout: 1000 });
     const errors: Error[] = [];
+    const log: string[] = [];
+    const t0 = Date.now();
     const registration = await register(client, service, { addr: "10.4.0.1:50051" }, {
       ttl,
-      onError: (e) => errors.push(e),
+      onError: (e) => {
+        errors.push(e);
+        log.push(`${Date.now() - t0} ms: ${e.message.slice(0, 160)}`);
+      },
+      onStateChange: (state) => log.push(`${Date.now() - t0} ms: ${state}`),
     });
     try {
       frozen.pause();
@@ -495,6 +501,7 @@ scenario(
       }
       const stillGone = gone !== undefined;
       frozen.resume();
+      if (stillGone || longest > 0) console.log(`frozen at ${frozenAt - t0} ms\n${log.join("\n")}`);
       console.log(
         `member frozen ${4 * ttl} s (TTL ${ttl} s): ${errors.length} errors reported; ` +
           `key gone at most ${longest} ms at a time`,

@@ -17,6 +17,12 @@ export interface PickInfo {
 export interface BalancerContext {
   /** The number of calls in flight to an endpoint of the list. */
   inflight?(endpoint: Endpoint): number;
+  /**
+   * The number of calls in flight to `endpoints[index]` of the list the balancer
+   * was built with: the same as `inflight`, without a lookup by object, so
+   * pickers prefer it. `dial()` provides both.
+   */
+  inflightAt?(index: number): number;
   /** Where a balancer reports a problem with the endpoints (such as a bad weight). */
   report?(error: Error): void;
 }

@@ -15,16 +15,13 @@ export interface RandomOptions {
   readonly random?: () => number;
 }
 
-/** A xorshift32 generator seeded from `Math.random`. */
-function xorshift(): () => number {
-  let state = (Math.random() * 0xffffffff) >>> 0 || 0x9e3779b9;
-  return () => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) / 0x100000000;
-  };
+/** A seed for xorshift32 (never 0). */
+function seed(): number {
+  return (Math.random() * 0xffffffff) >>> 0 || 0x9e3779b9;
 }
+
+/** 2^-32: turns 32 random bits into [0, 1). */
+const TO_UNIT = 2.3283064365386963e-10;
 
 /**
  * Builds a picker that chooses an endpoint uniformly at random. O(1) per pick.
@@ -49,16 +46,26 @@ export function random(
 ): Picker {
   const items = endpoints.slice();
   const n = items.length;
-  const rng = options.random ?? xorshift();
   if (n === 0) return () => undefined;
-  return () => items[Math.floor(rng() * n)];
+  const source = options.random;
+  if (source) return () => items[Math.floor(source() * n)];
+  // xorshift32 inline: pickers run per call, and a nested generator call costs more than it.
+  let state = seed();
+  const scale = n * TO_UNIT;
+  return () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return items[Math.floor((state >>> 0) * scale)];
+  };
 }
 
 /**
  * Builds a "power of two choices" picker: it draws two different endpoints at
- * random and takes the one with fewer calls in flight (`context.inflight`,
- * which `dial()` provides), so a slow instance, whose calls pile up, gets fewer
- * new ones. Without `inflight` it is uniform random. O(1) per pick.
+ * random and takes the one with fewer calls in flight (`context.inflightAt` or
+ * `context.inflight`, integers, which `dial()` provides), so a slow instance,
+ * whose calls pile up, gets fewer new ones. Without either it is uniform
+ * random. O(1) per pick.
  *
  * @example
  * ```ts
@@ -81,16 +88,39 @@ export function p2c(
 ): Picker {
   const items = endpoints.slice();
   const n = items.length;
-  const rng = options.random ?? xorshift();
-  const inflight = context?.inflight;
   if (n === 0) return () => undefined;
-  if (n === 1 || !inflight) return () => items[Math.floor(rng() * n)];
+  const inflightAt = context?.inflightAt;
+  const inflight = context?.inflight;
+  if (n === 1 || (!inflightAt && !inflight)) return random(items, undefined, options);
+  const source = options.random;
+  // Two different indexes, uniform over the n(n-1) ordered pairs: j is i + 1 + k (k < n - 1)
+  // wrapped below n. Then the less loaded of the two (i on a tie). Branch-free: both are
+  // coin flips a CPU cannot predict.
+  if (!source && inflightAt) {
+    // The path dial() takes: two xorshift32 states (the draws run in parallel), counts by index.
+    let s1 = seed();
+    let s2 = seed();
+    const first = n * TO_UNIT;
+    const second = (n - 1) * TO_UNIT;
+    return () => {
+      s1 ^= s1 << 13;
+      s1 ^= s1 >>> 17;
+      s1 ^= s1 << 5;
+      s2 ^= s2 << 13;
+      s2 ^= s2 >>> 17;
+      s2 ^= s2 << 5;
+      const i = ((s1 >>> 0) * first) | 0;
+      let j = i + 1 + (((s2 >>> 0) * second) | 0);
+      j -= n & ((n - 1 - j) >> 31);
+      return items[i ^ ((i ^ j) & ((inflightAt(j) - inflightAt(i)) >> 31))];
+    };
+  }
+  const draw = source ?? (() => Math.random());
+  const load = inflightAt ?? ((index: number) => inflight!(items[index]!));
   return () => {
-    const i = Math.floor(rng() * n);
-    let j = Math.floor(rng() * (n - 1));
-    if (j >= i) j++;
-    const a = items[i]!;
-    const b = items[j]!;
-    return inflight(b) < inflight(a) ? b : a;
+    const i = Math.floor(draw() * n);
+    let j = i + 1 + Math.floor(draw() * (n - 1));
+    j -= n & ((n - 1 - j) >> 31);
+    return items[i ^ ((i ^ j) & ((load(j) - load(i)) >> 31))];
   };
 }

@@ -7,7 +7,7 @@ import type { Endpoint } from "../endpoint.ts";
 import type { BalancerContext, Picker } from "./balancer.ts";
 
 const GOLDEN = 0.6180339887498949;
-/** Periods up to this many picks are recorded and replayed (4 MiB). */
+/** Periods up to this many picks are recorded and replayed (8 MiB of references). */
 const MAX_RECORD = 1 << 20;
 
 /** Reads `metadata.weight`: a positive safe integer, else `undefined`. */
@@ -106,7 +106,8 @@ export function weightedRoundRobin(
   reset();
   // The first period runs on the heap and records its order; later periods replay
   // the record, so picks become O(1) (unless the period is too long to record).
-  const record = total <= MAX_RECORD ? new Int32Array(total) : undefined;
+  // The record holds the endpoints themselves: one load per replayed pick.
+  const record: Endpoint[] | undefined = total <= MAX_RECORD ? [] : undefined;
   let picked = 0;
   let replaying = false;
   return () => {
@@ -115,9 +116,9 @@ export function weightedRoundRobin(
       if (record) replaying = true;
       else reset();
     }
-    if (replaying) return items[record![picked++]!];
+    if (replaying) return record![picked++];
     const top = heap[0]!;
-    if (record) record[picked] = top;
+    record?.push(items[top]!);
     picked++;
     next[top] = next[top]! + 1;
     down(0);

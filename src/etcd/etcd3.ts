@@ -163,8 +163,14 @@ class Etcd3Client implements EtcdClient {
     this.#user = user;
   }
 
-  #deadline(): { deadline: number } {
-    return { deadline: Date.now() + this.#timeout };
+  /**
+   * Call options of a unary call. An owned client leaves the deadline to its
+   * `defaultCallOptions`, which etcd3 evaluates per attempt: a fixed deadline
+   * here would be spent by a first attempt that hung on a frozen host, and the
+   * retry on another host would fail at once ("Deadline exceeded after 0.000s").
+   */
+  #deadline(): { deadline: number } | undefined {
+    return this.#owned ? undefined : { deadline: Date.now() + this.#timeout };
   }
 
   /**

@@ -364,12 +364,14 @@ class BalancedChannel implements grpc.ChannelInterface {
 
   #rebuild(): void {
     if (this.#closed) return;
-    const ready = [...this.#entries.values()].filter((e) => e.state === READY).map((e) =>
-      e.endpoint
-    );
+    const entries: Entry[] = [];
+    for (const entry of this.#entries.values()) if (entry.state === READY) entries.push(entry);
+    const ready = entries.map((e) => e.endpoint);
     this.#ready = ready.length;
     this.#picker = this.#balancer(ready, {
       inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
+      // By position in `ready`: no lookup by object on the per-call path.
+      inflightAt: (index) => entries[index]?.inflight ?? 0,
       // Each distinct problem once per client, not once per rebuild.
       report: (error) => this.#report(error),
     });
