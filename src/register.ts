@@ -254,6 +254,8 @@ class RegistrationImpl implements Registration {
           startRevision: this.#revision + 1,
           signal,
           exact: true,
+          // A key watch on a frozen member would miss a delete: notice within one TTL.
+          heartbeat: (this.#ttl * 1000) / 3,
         });
         for await (const batch of batches) {
           attempt = 0;

@@ -16,6 +16,12 @@ import {
 import { ClientClosedError, CompactedError, type EtcdClient } from "./etcd/client.ts";
 import { diffViews } from "./view.ts";
 
+
+/**
+ * How often the shared watch checks that etcd still answers: a member frozen under
+ * it would otherwise leave the view stale until gRPC keepalive notices (~15 s).
+ */
+const HEARTBEAT_MS = 5000;
 /** Options of {@linkcode resolve}. */
 export interface ResolveOptions {
   /** Ends the iterator and releases its share of the watch. */
@@ -116,7 +122,11 @@ class SharedWatch {
           revision = result.revision;
           relist = false;
         }
-        const batches = this.#client.watch(this.#prefix, { startRevision: revision + 1, signal });
+        const batches = this.#client.watch(this.#prefix, {
+          startRevision: revision + 1,
+          signal,
+          heartbeat: HEARTBEAT_MS,
+        });
         for await (const batch of batches) {
           attempt = 0;
           const updates: Update[] = [];

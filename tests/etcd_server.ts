@@ -125,7 +125,8 @@ export async function waitForMetric(
   throw new Error(`${name} stayed at ${last}, expected ${value}`);
 }
 
-async function readMetric(endpoint: string, name: string): Promise<number> {
+/** Reads a Prometheus gauge from an etcd member's /metrics. */
+export async function readMetric(endpoint: string, name: string): Promise<number> {
   const text = await (await fetch(`${endpoint}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
   if (!line) throw new Error(`metric ${name} not found at ${endpoint}/metrics`);

@@ -22,10 +22,11 @@ import {
   type Update,
 } from "../mod.ts";
 import { dial } from "../grpc.ts";
+import { memoryClient } from "../testing.ts";
 import { Greeter, startGreeter } from "../examples/greeter.ts";
 import { EtcdCluster } from "./etcd_cluster.ts";
 import { Load, untilAllAnswer } from "./load.ts";
-import { startEtcd } from "./etcd_server.ts";
+import { readMetric, startEtcd } from "./etcd_server.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { sleep, until } from "./wait.ts";
 
@@ -62,18 +63,35 @@ class Observer {
   view = new Map<string, Endpoint>();
   readonly batches: { at: number; updates: Update[] }[] = [];
   readonly errors: Error[] = [];
+  /** etcd's revision read just after the first batch: every later change must be seen. */
+  firstRevision = Infinity;
   readonly #updates: Resolution;
   readonly #done: Promise<void>;
+  #first: Promise<void> = Promise.resolve();
+  #closed = false;
 
   constructor(client: EtcdClient, service: string) {
     const updates = resolve(client, service, { onError: (e) => this.errors.push(e) });
     this.#updates = updates;
     this.#done = (async () => {
       for await (const batch of updates) {
+        if (this.batches.length === 0) this.#first = this.#readRevision(client, service);
         this.batches.push({ at: Date.now(), updates: batch });
         this.view = applyUpdates(this.view, batch);
       }
     })();
+  }
+
+  /** Reads etcd's revision once it can (the client may be cut off right after its first batch). */
+  async #readRevision(client: EtcdClient, service: string): Promise<void> {
+    while (!this.#closed) {
+      try {
+        this.firstRevision = (await client.getPrefix(`${service}/`)).revision;
+        return;
+      } catch {
+        await sleep(50);
+      }
+    }
   }
 
   /** Deletes this observer saw for `key` at or after `since`. */
@@ -84,8 +102,10 @@ class Observer {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     await this.#updates.return();
     await this.#done;
+    await this.#first;
   }
 }
 
@@ -112,6 +132,138 @@ async function converge(
     return observers.every((o) => JSON.stringify([...o.view].sort()) === expected);
   });
 }
+
+/**
+ * The history oracle: each observer's updates for each key, replayed, are exactly
+ * what etcd's history says happened to that key after the observer's first read
+ * (no change missing, none repeated, none out of order). etcd's history is read by
+ * watching the prefix from revision 1 up to a sentinel key written now; it must
+ * not be compacted. Call after `converge`. Waits until every observer has seen the
+ * sentinel, so it also shows that each observer's watch is live.
+ */
+async function assertHistory(
+  observers: Observer[],
+  client: EtcdClient,
+  service: string,
+): Promise<void> {
+  const sentinel = `${service}/~history-sentinel`;
+  await client.put(sentinel, JSON.stringify({ Op: 0, Addr: "127.0.0.1:1" }));
+  // A view can equal etcd's state while changes that cancel out are still on their way:
+  // wait until every observer has seen the sentinel, which comes after all of them.
+  await until(
+    "observers caught up with the sentinel",
+    10_000,
+    () => observers.every((o) => o.view.has(sentinel)),
+  );
+  const seen = observers.map((o) =>
+    o.batches.flatMap((b) => b.updates).filter((u) => u.key !== sentinel)
+  );
+  // What a resolver emits for each event (bad values leave the view, deletes of absent keys
+  // emit nothing), per key.
+  const expected = new Map<string, { op: string; revision: number }[]>();
+  const present = new Set<string>();
+  const stop = new AbortController();
+  try {
+    for await (
+      const batch of client.watch(`${service}/`, { startRevision: 1, signal: stop.signal })
+    ) {
+      for (const event of batch.events) {
+        const key = event.type === "put" ? event.kv.key : event.key;
+        if (key === sentinel) stop.abort();
+        if (stop.signal.aborted) break;
+        const ops = expected.get(key) ?? [];
+        expected.set(key, ops);
+        if (event.type === "put") {
+          const endpoint = decodeEndpoint(key, event.kv.value);
+          const revision = event.kv.modRevision;
+          if (endpoint instanceof EndpointDecodeError) {
+            if (present.delete(key)) ops.push({ op: "delete", revision });
+          } else {
+            present.add(key);
+            ops.push({ op: `add ${JSON.stringify(endpoint)}`, revision });
+          }
+        } else if (present.delete(key)) {
+          ops.push({ op: "delete", revision: event.modRevision });
+        }
+      }
+    }
+  } finally {
+    stop.abort();
+  }
+  observers.forEach((observer, n) => {
+    const got = new Map<string, string[]>();
+    for (const u of seen[n]!) {
+      const ops = got.get(u.key) ?? [];
+      got.set(u.key, ops);
+      ops.push(u.op === "add" ? `add ${JSON.stringify(u.endpoint)}` : "delete");
+    }
+    for (const key of expected.keys()) if (!got.has(key) && key !== sentinel) got.set(key, []);
+    for (const [key, ops] of got) {
+      const history = expected.get(key) ?? [];
+      // The observer's first read saw the key as it stood after history[0..i); from there on
+      // it must have seen every change, in order: ops = [state at i, if present] + history[i..],
+      // and i comes before every change made after the observer's first batch had arrived.
+      const last = history.findIndex((e) => e.revision > observer.firstRevision);
+      const latest = last === -1 ? history.length : last;
+      const fits = (i: number): boolean => {
+        const rest = history.slice(i).map((e) => e.op);
+        const before = history[i - 1]?.op;
+        const start = before?.startsWith("add ") ? [before] : [];
+        return JSON.stringify([...start, ...rest]) === JSON.stringify(ops);
+      };
+      let ok = false;
+      for (let i = 0; i <= latest && !ok; i++) ok = fits(i);
+      assert.ok(
+        ok,
+        `observer ${n}, key ${key}: saw ${JSON.stringify(ops)}; etcd's history is ${
+          JSON.stringify(history)
+        } (first read by revision ${observer.firstRevision})`,
+      );
+    }
+  });
+  await client.delete(sentinel);
+}
+
+Deno.test("faults oracle: the history check catches a missing, repeated or reordered change", async (t) => {
+  const service = "oracle/svc";
+  const value = (n: number) => JSON.stringify({ Op: 0, Addr: `10.9.0.${n}:1` });
+  const tamperings: [string, (updates: Update[]) => void][] = [
+    ["missing", (u) => void u.splice(1, 1)],
+    ["repeated", (u) => void u.splice(1, 0, u[1]!)],
+    ["reordered", (u) => void u.splice(0, 2, u[1]!, u[0]!)],
+  ];
+  for (const [name, tamper] of [["none", () => {}] as const, ...tamperings]) {
+    await t.step(name, async () => {
+      await using client = memoryClient();
+      await client.put(`${service}/a`, value(1));
+      const observer = new Observer(client, service);
+      try {
+        await until("first batch", 1000, () => observer.firstRevision < Infinity);
+        // Three changes to one key after the first read, each its own batch.
+        await client.put(`${service}/b`, value(2));
+        await until("b seen", 1000, () => observer.view.has(`${service}/b`));
+        await client.put(`${service}/b`, value(3));
+        await until(
+          "b changed",
+          1000,
+          () => observer.view.get(`${service}/b`)?.addr === "10.9.0.3:1",
+        );
+        await client.delete(`${service}/b`);
+        await converge([observer], client, service, 1000);
+        const after = observer.batches.slice(1).flatMap((b) => b.updates);
+        tamper(after);
+        observer.batches.splice(1, observer.batches.length - 1, { at: Date.now(), updates: after });
+        if (name === "none") await assertHistory([observer], client, service);
+        else {await assert.rejects(
+            assertHistory([observer], client, service),
+            /key oracle\/svc\/b: saw/,
+          );}
+      } finally {
+        await observer.close();
+      }
+    });
+  }
+});
 
 async function registerMany(
   hosts: string[],
@@ -158,6 +310,7 @@ scenario("faults 1: 3 members, kill -9 a follower then the leader, restart both"
       return group.registrations.every((r) => keys.has(r.key));
     });
     const took = await converge(observers, reader, service, 5000);
+    await assertHistory(observers, reader, service);
     console.log(
       `registrations back and views converged ${
         Date.now() - healthyAt
@@ -186,6 +339,7 @@ scenario("faults 2: the leader frozen (SIGSTOP) for 3x the election timeout", as
     leader.resume();
     await cluster.healthy();
     const took = await converge(observers, reader, service, 5000);
+    await assertHistory(observers, reader, service);
     const keys = new Set((await truth(reader, service)).keys());
     assert.ok(group.registrations.every((r) => keys.has(r.key)), "every registration in etcd");
     for (const r of group.registrations) {
@@ -235,6 +389,7 @@ scenario(
         return group.registrations.every((r) => keys.has(r.key));
       });
       await converge(observers, reader, service, 5000);
+      await assertHistory(observers, reader, service);
       await load.stop();
       for (const o of observers) {
         for (const r of group.registrations) {
@@ -365,6 +520,7 @@ scenario("faults 6: the connection reset during catch-up skips no change", async
       );
     }
     await converge([observer], direct, service, 5000);
+    await assertHistory([observer], direct, service);
   } finally {
     await observer.close();
     await cutOff.close();
@@ -468,24 +624,36 @@ scenario(
     const ttl = 3;
     await using cluster = await EtcdCluster.start(3);
     const service = "faults/four";
-    const frozen = await cluster.follower();
-    const healthy = cluster.members.find((m) => m !== frozen)!;
-    // The client knows the frozen member and one healthy member; etcd3 spreads calls over both.
-    const client = connect({ hosts: [frozen.clientUrl, healthy.clientUrl], dialTimeout: 1000 });
-    const checker = connect({ hosts: [healthy.clientUrl], dialTimeout: 1000 });
+    // The client knows the two followers (freezing the leader is scenario 2).
+    const leader = await cluster.leader();
+    const followers = cluster.members.filter((m) => m !== leader);
+    const client = connect({ hosts: followers.map((m) => m.clientUrl), dialTimeout: 1000 });
     const errors: Error[] = [];
+    const reportedAt: number[] = [];
     const log: string[] = [];
     const t0 = Date.now();
     const registration = await register(client, service, { addr: "10.4.0.1:50051" }, {
       ttl,
       onError: (e) => {
         errors.push(e);
+        reportedAt.push(Date.now());
         log.push(`${Date.now() - t0} ms: ${e.message.slice(0, 160)}`);
       },
       onStateChange: (state) => log.push(`${Date.now() - t0} ms: ${state}`),
     });
+    // Freeze the follower that holds the registration's key watch (etcd's watcher gauge says
+    // which), so that a delete of the key would go unseen until the registration notices.
+    let frozen: (typeof followers)[number] | undefined;
+    await until("the registration's watch on a follower", 5000, async () => {
+      for (const m of followers) {
+        if (await readMetric(m.clientUrl, "etcd_debugging_mvcc_watcher_total") > 0) frozen = m;
+      }
+      return frozen !== undefined;
+    });
+    const healthy = followers.find((m) => m !== frozen)!;
+    const checker = connect({ hosts: [healthy.clientUrl], dialTimeout: 1000 });
     try {
-      frozen.pause();
+      frozen!.pause();
       const frozenAt = Date.now();
       const end = frozenAt + 4 * ttl * 1000;
       let gone: number | undefined;
@@ -500,27 +668,41 @@ scenario(
         await sleep(100);
       }
       const stillGone = gone !== undefined;
-      frozen.resume();
-      if (stillGone || longest > 0) console.log(`frozen at ${frozenAt - t0} ms\n${log.join("\n")}`);
-      console.log(
-        `member frozen ${4 * ttl} s (TTL ${ttl} s): ${errors.length} errors reported; ` +
-          `key gone at most ${longest} ms at a time`,
+      // Still frozen: the key watch has moved to the healthy member and sees a delete there.
+      await until(
+        "the key watch re-created on the healthy member",
+        3000,
+        async () => await readMetric(healthy.clientUrl, "etcd_debugging_mvcc_watcher_total") > 0,
       );
-      assert.ok(errors.length > 0, "the registration noticed the frozen member");
-      assert.ok(!stillGone, "the key is in etcd again while the member is still frozen");
-      // If the lease lapsed, it came back through the healthy member while the other was still
-      // frozen. How long that takes is reported (FAULTS.md): calls that land on the frozen
-      // member hang until their deadline before etcd3's circuit breaker steers them away.
-      assert.ok(longest < 2 * ttl * 1000 + 3000, `the key was gone for ${longest} ms`);
+      await checker.delete(registration.key);
+      const healed = await until(
+        "the deleted key back while the member is frozen",
+        3000 + 1000,
+        async () => (await checker.get(registration.key)).kvs.length === 1,
+      );
+      frozen!.resume();
+      if (stillGone || longest > 0) console.log(`frozen at ${frozenAt - t0} ms\n${log.join("\n")}`);
+      const noticed = reportedAt.length > 0 ? reportedAt[0]! - frozenAt : Infinity;
+      console.log(
+        `member frozen ${
+          4 * ttl
+        } s (TTL ${ttl} s): noticed after ${noticed} ms; ${errors.length} ` +
+          `errors reported; key gone at most ${longest} ms at a time; a delete healed in ${healed} ms`,
+      );
+      assert.ok(
+        noticed < ttl * 1000,
+        `the registration noticed the frozen member after ${noticed} ms`,
+      );
+      // Renewals that hung on the frozen member move to the healthy one before the lease lapses.
+      assert.ok(!stillGone && longest === 0, `the key was gone for ${longest} ms`);
       assert.equal(registration.state, "registered");
     } finally {
-      frozen.resume();
+      frozen!.resume();
       await registration.close();
       await client.close();
       await checker.close();
     }
   },
-  { fullOnly: true }, // recovery while frozen is not yet reliable: FAULTS.md, finding 8
 );
 
 /** An EtcdClient that timestamps every lease grant, to see how grants spread. */
@@ -631,6 +813,7 @@ scenario(
         await sleep(50 + Math.floor(random() * 100));
       }
       await converge([observers[0]!], direct, service, 10_000);
+      await assertHistory([observers[0]!], direct, service);
       // One watch per live resolver service, one key watch per registration; one lease each.
       await until(
         "watches settle",
@@ -707,6 +890,7 @@ scenario(
           registration.state === "registered",
       );
       const took = await converge([observer], direct, service, 15_000);
+      await assertHistory([observer], direct, service);
       console.log(
         `blackholed ${restoredAt - holedAt} ms (TTL ${ttl} s): ${noticed} errors while holed; ` +
           `registered again and converged ${

@@ -50,6 +50,14 @@ export interface WatchOptions {
   readonly signal?: AbortSignal;
   /** Watch only the key itself instead of every key that starts with it. */
   readonly exact?: boolean;
+  /**
+   * Checks every `heartbeat` ms that the server still answers on the watch (etcd:
+   * a progress request); when it stays silent for a whole period, the iterator
+   * throws, so the caller re-creates the watch, elsewhere if it can. Catches a
+   * frozen member, whose TCP connection stays open, within two periods. An
+   * implementation that cannot hang may ignore it.
+   */
+  readonly heartbeat?: number;
 }
 
 /**

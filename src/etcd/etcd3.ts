@@ -138,6 +138,33 @@ function toEvent(event: IWatchResponse["events"][number]): WatchEvent {
   };
 }
 
+/** The parts of etcd3's (internal) connection pool that stream calls go through. */
+interface PoolHost {
+  readonly host: string;
+}
+interface Pool {
+  readonly hosts: readonly PoolHost[];
+  withConnection<T>(
+    service: string,
+    fn: (connection: { resource: PoolHost; client: StreamClient; metadata: unknown }) => T,
+    hosts?: Iterator<PoolHost>,
+  ): Promise<T>;
+  markFailed(resource: PoolHost, error: Error): void;
+}
+/** A grpc-js duplex stream, as far as this file uses one. */
+interface Stream {
+  readonly writable: boolean;
+  // deno-lint-ignore no-explicit-any
+  on(event: "data" | "error" | "end", listener: (value: any) => void): unknown;
+  write(message: object): unknown;
+  end(): void;
+  cancel(): void;
+}
+type StreamClient = Record<string, (metadata: unknown, options: object) => Stream>;
+
+/** How long a host whose stream hung or failed goes to the back of the line, in ms. */
+const AVOID_MS = 5000;
+
 class Etcd3Client implements EtcdClient {
   readonly hosts: readonly string[];
   readonly #etcd: Etcd3;
@@ -145,6 +172,8 @@ class Etcd3Client implements EtcdClient {
   readonly #timeout: number;
   readonly #tls: "none" | "no-client-cert" | "client-cert";
   readonly #user: string | undefined;
+  /** Hosts whose stream just hung or failed, and until when new streams avoid them. */
+  readonly #avoid = new Map<PoolHost, number>();
   #closed = false;
 
   constructor(
@@ -190,6 +219,52 @@ class Etcd3Client implements EtcdClient {
       }
       throw this.#explain(error);
     }
+  }
+
+  /**
+   * Opens a stream (watch, keepalive) on the host least likely to hang: etcd3
+   * picks hosts at random and its breaker only counts failures, so a frozen
+   * member (TCP up, nothing answers) would keep getting half of them. Hosts
+   * whose last stream hung or failed go last for {@linkcode AVOID_MS}.
+   */
+  async #openStream(
+    service: "Lease" | "Watch",
+    method: "leaseKeepAlive" | "watch",
+    options: object,
+  ): Promise<{ stream: Stream; host: PoolHost }> {
+    const pool = (this.#etcd as unknown as { pool: Pool }).pool;
+    return await pool.withConnection(service, ({ resource, client, metadata }) => {
+      const stream = client[method]!(metadata, options);
+      // As etcd3's own stream calls do: an error on a live stream counts against the host.
+      stream.on("error", (error: Error) => {
+        if (stream.writable) pool.markFailed(resource, error);
+      });
+      return { stream, host: resource };
+    }, this.#preferred(pool.hosts));
+  }
+
+  /** Hosts in the order to try: the ones not to avoid, shuffled, then the others. */
+  *#preferred(hosts: readonly PoolHost[]): Generator<PoolHost> {
+    const now = Date.now();
+    const fresh: PoolHost[] = [];
+    const avoided: PoolHost[] = [];
+    for (const host of hosts) {
+      if ((this.#avoid.get(host) ?? 0) > now) avoided.push(host);
+      else fresh.push(host);
+    }
+    for (let i = fresh.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [fresh[i], fresh[j]] = [fresh[j]!, fresh[i]!];
+    }
+    avoided.sort((a, b) => this.#avoid.get(a)! - this.#avoid.get(b)!);
+    const order = [...fresh, ...avoided];
+    while (true) yield* order;
+  }
+
+  /** Sends new streams elsewhere for a while (see {@linkcode #openStream}). */
+  #avoidHost(host: PoolHost): void {
+    if (this.#closed) return;
+    this.#avoid.set(host, Date.now() + AVOID_MS);
   }
 
   /**
@@ -301,15 +376,18 @@ class Etcd3Client implements EtcdClient {
   }
 
   async #keepAlive(lease: string, timeout: number): Promise<number> {
-    const stream = await this.#etcd.leaseClient.leaseKeepAlive({ deadline: Date.now() + timeout });
+    const { stream, host } = await this.#openStream("Lease", "leaseKeepAlive", {
+      deadline: Date.now() + timeout,
+    });
     return await new Promise<number>((resolve, reject) => {
       stream.on("data", (res: { TTL: string }) => {
+        this.#avoid.delete(host);
         resolve(Number(res.TTL));
         stream.end();
       });
       // Keep a listener for the whole life of the stream: an 'error' with none crashes.
       stream.on("error", (error: Error) => {
-        this.#tokenRejected(error.message);
+        if (!this.#tokenRejected(error.message)) this.#avoidHost(host);
         reject(error);
       });
       stream.on("end", () => reject(new Error("etcd ended the keepalive stream")));
@@ -328,15 +406,18 @@ class Etcd3Client implements EtcdClient {
   }
 
   async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
-    const { startRevision, signal, exact = false } = options;
+    const { startRevision, signal, exact = false, heartbeat } = options;
     if (signal?.aborted) return;
     const queue = new Queue<WatchBatch>();
     const stop = () => queue.end();
     signal?.addEventListener("abort", stop, { once: true });
     const key = Buffer.from(prefix);
     const what = `watching ${JSON.stringify(prefix)}`;
-    const stream = await this.#run(what, () => this.#etcd.watchClient.watch());
+    const { stream, host } = await this.#run(what, () => this.#openStream("Watch", "watch", {}));
+    // Whether a progress request is out and unanswered (see WatchOptions.heartbeat).
+    let waiting = false;
     stream.on("data", (res: IWatchResponse) => {
+      waiting = false;
       if (res.canceled) {
         const compacted = Number(res.compact_revision);
         const reason = String(res.cancel_reason);
@@ -358,10 +439,24 @@ class Etcd3Client implements EtcdClient {
     });
     // Keep a listener for the whole life of the stream: an 'error' with none crashes.
     stream.on("error", (error: Error) => {
-      this.#tokenRejected(error.message);
+      if (!this.#tokenRejected(error.message)) this.#avoidHost(host);
       queue.fail(this.#closed ? new ClientClosedError({ cause: error }) : error);
     });
     stream.on("end", () => queue.fail(new Error(`etcd ended the watch stream on ${prefix}`)));
+    const timer = heartbeat === undefined ? undefined : setInterval(() => {
+      if (waiting) {
+        this.#avoidHost(host);
+        queue.fail(
+          new Error(
+            `etcd at ${host.host} did not answer on the watch of ${prefix} for ${heartbeat} ms ` +
+              "(a frozen or unreachable member); watching again",
+          ),
+        );
+        return;
+      }
+      waiting = true;
+      stream.write({ progress_request: {} });
+    }, heartbeat);
     try {
       stream.write({
         create_request: {
@@ -373,6 +468,7 @@ class Etcd3Client implements EtcdClient {
       });
       yield* queue;
     } finally {
+      clearInterval(timer);
       signal?.removeEventListener("abort", stop);
       // end() first: etcd3 counts an error on a still-writable stream against the host.
       stream.end();
