@@ -805,8 +805,11 @@ scenario(
       const random = seeded(SEED + 10);
       // Measured after a warm-up (a tenth of the cycles), so that JIT and pools are settled.
       let start = memory();
+      // Resident memory at each quarter: a leak grows linearly, allocator slack levels off.
+      const quarters: number[] = [];
       for (let cycle = 0; cycle < cycles; cycle++) {
         if (cycle === Math.floor(cycles / 10)) start = memory();
+        if (cycle > 0 && cycle % Math.floor(cycles / 4) === 0) quarters.push(memory().rss);
         await proxy.cut();
         await sleep(20 + Math.floor(random() * 80));
         proxy.restore();
@@ -832,7 +835,9 @@ scenario(
       const heap = (end.heapUsed - start.heapUsed) / start.heapUsed;
       console.log(
         `${cycles} cut-offs: watches and leases equal the live ones; resident memory grew ` +
-          `${(rss * 100).toFixed(1)} %, heap ${(heap * 100).toFixed(1)} %`,
+          `${(rss * 100).toFixed(1)} %, heap ${(heap * 100).toFixed(1)} %; resident by quarter: ${
+            [...quarters, end.rss].map((r) => `${(r / 2 ** 20).toFixed(0)} MiB`).join(", ")
+          } (start ${(start.rss / 2 ** 20).toFixed(0)} MiB)`,
       );
       if (FULL) {
         // The issue's criterion. Open: over 1,000 cycles this grows ~35 % (FAULTS.md).
