@@ -16,7 +16,6 @@ import {
 import { ClientClosedError, CompactedError, type EtcdClient } from "./etcd/client.ts";
 import { diffViews } from "./view.ts";
 
-
 /**
  * How often the shared watch checks that etcd still answers: a member frozen under
  * it would otherwise leave the view stale until gRPC keepalive notices (~15 s).
