@@ -17,7 +17,7 @@ import {
   resolve,
   type Update,
 } from "../mod.ts";
-import { dial } from "../grpc.ts";
+import { dial, registerEtcdResolver } from "../grpc.ts";
 import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
 import { type Issued, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
@@ -442,6 +442,48 @@ Deno.test("tls: a rogue entry pointing at a server with a certificate for anothe
       () => dial(client, service, Greeter, { serverName: "bad name" }),
       /options\.serverName must be a DNS name, got "bad name"/,
     );
+  } finally {
+    await pki.close();
+  }
+});
+
+Deno.test("tls: with registerEtcdResolver, grpc-js's own channel checks the name given in its options", async () => {
+  const pki = await makePki();
+  try {
+    await using etcd = await startSecureEtcd({});
+    await using client = connect({ hosts: etcd.endpoint.replace("localhost", "127.0.0.1") });
+    const service = "ledger.internal";
+    await using _instance = await startGreeter(client, service, "ledger", {
+      bind: "127.0.0.1:0",
+      credentials: serverCredentials(pki.ca, await pki.issue("ledger", [service])),
+      drainMs: 0,
+    });
+    using _binding = registerEtcdResolver(client);
+    const caller = await pki.issue("caller", ["caller.internal"]);
+    const credentials = grpc.credentials.createSsl(
+      Buffer.from(pki.ca),
+      Buffer.from(caller.key),
+      Buffer.from(caller.cert),
+    );
+    const named = (name: string): GreeterClient =>
+      new Greeter(`etcd:///${service}`, credentials, {
+        "grpc.ssl_target_name_override": name,
+        "grpc.default_authority": name,
+      }) as unknown as GreeterClient;
+    const right = named(service);
+    const wrong = named("other.internal");
+    try {
+      const reply = await sayHello(right, { name: "x" }, { waitForReady: true });
+      assert.equal(reply.instance, "ledger");
+      await assert.rejects(
+        sayHello(wrong, { name: "x" }, { waitForReady: true, deadline: Date.now() + 1500 }),
+        (e: grpc.ServiceError) =>
+          e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED,
+      );
+    } finally {
+      right.close();
+      wrong.close();
+    }
   } finally {
     await pki.close();
   }
