@@ -150,6 +150,7 @@ interface Pool {
     hosts?: Iterator<PoolHost>,
   ): Promise<T>;
   markFailed(resource: PoolHost, error: Error): void;
+  readonly authenticator?: { invalidateMetadata?(): void };
 }
 /** A grpc-js duplex stream, as far as this file uses one. */
 interface Stream {
@@ -221,6 +222,11 @@ class Etcd3Client implements EtcdClient {
     }
   }
 
+  /** etcd3's connection pool (internal to etcd3: reached by name, typed by what is used). */
+  get #pool(): Pool {
+    return (this.#etcd as unknown as { pool: Pool }).pool;
+  }
+
   /**
    * Opens a stream (watch, keepalive) on the host least likely to hang: etcd3
    * picks hosts at random and its breaker only counts failures, so a frozen
@@ -232,7 +238,7 @@ class Etcd3Client implements EtcdClient {
     method: "leaseKeepAlive" | "watch",
     options: object,
   ): Promise<{ stream: Stream; host: PoolHost }> {
-    const pool = (this.#etcd as unknown as { pool: Pool }).pool;
+    const pool = this.#pool;
     return await pool.withConnection(service, ({ resource, client, metadata }) => {
       const stream = client[method]!(metadata, options);
       // As etcd3's own stream calls do: an error on a live stream counts against the host.
@@ -274,10 +280,7 @@ class Etcd3Client implements EtcdClient {
    */
   #tokenRejected(reason: string): boolean {
     if (!/invalid auth token/i.test(reason)) return false;
-    const pool = (this.#etcd as unknown as {
-      pool?: { authenticator?: { invalidateMetadata?: () => void } };
-    }).pool;
-    pool?.authenticator?.invalidateMetadata?.();
+    this.#pool.authenticator?.invalidateMetadata?.();
     return true;
   }
 
