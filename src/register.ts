@@ -170,7 +170,8 @@ class RegistrationImpl implements Registration {
           await this.#putOnce(signal);
           break;
         } catch (error) {
-          lastError = error;
+          // An attempt cut short by the deadline says nothing new: keep why the previous one failed.
+          if (!deadline.signal.aborted || lastError === undefined) lastError = error;
           // Retrying cannot help these: fail now rather than at the timeout.
           if (
             error instanceof ClientClosedError || error instanceof PermissionDeniedError ||
@@ -187,10 +188,13 @@ class RegistrationImpl implements Registration {
       if (this.#userSignal?.aborted) throw this.#userSignal.reason;
       const refused = lastError instanceof PermissionDeniedError ||
         lastError instanceof AuthenticationError;
+      const reason = lastError === deadline.signal.reason
+        ? "no answer"
+        : asError(lastError).message;
       throw new Error(
         `register(): could not register ${JSON.stringify(this.key)} on etcd at ${
           this.#client.hosts.join(", ")
-        }${refused ? "" : ` within ${timeout} ms`}: ${asError(lastError).message}`,
+        }${refused ? "" : ` within ${timeout} ms`}: ${reason}`,
         { cause: lastError },
       );
     }

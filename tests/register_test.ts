@@ -128,11 +128,56 @@ Deno.test("register() with etcd unreachable rejects after `timeout`, naming the 
   const pending = register(client, "svc/a", { addr: "a:1" }, { timeout: 2000 });
   const check = assert.rejects(
     pending,
-    /could not register "svc\/a\/a:1" on etcd at memory within 2000 ms/,
+    /could not register "svc\/a\/a:1" on etcd at memory within 2000 ms: memory etcd: connection lost/,
   );
   await clock.tick(2000);
   await check;
   assert.deepEqual(client.server.stats().leases, 0);
+});
+
+Deno.test("register() keeps the last failure's reason when the timeout cuts an attempt short", async () => {
+  using clock = fakeTime();
+  await using client = memoryClient();
+  client.disconnect();
+  let grants = 0;
+  // Refused at once, then no answer at all: the message still says why the first failed.
+  const stalling = new Proxy(client, {
+    get(target, name) {
+      if (name === "grantLease") {
+        return (ttl: number) =>
+          grants++ === 0 ? target.grantLease(ttl) : new Promise<string>(() => {});
+      }
+      const value = Reflect.get(target, name, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const pending = register(stalling, "svc/a", { addr: "a:1" }, { timeout: 2000 });
+  const check = assert.rejects(
+    pending,
+    /^Error: register\(\): could not register "svc\/a\/a:1" on etcd at memory within 2000 ms: memory etcd: connection lost/,
+  );
+  await clock.tick(2000);
+  await check;
+  assert.equal(grants, 2);
+});
+
+Deno.test('register() says "no answer" when etcd never answered before the timeout', async () => {
+  using clock = fakeTime();
+  await using client = memoryClient();
+  const silent = new Proxy(client, {
+    get(target, name) {
+      if (name === "grantLease") return () => new Promise<string>(() => {});
+      const value = Reflect.get(target, name, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const pending = register(silent, "svc/a", { addr: "a:1" }, { timeout: 2000 });
+  const check = assert.rejects(
+    pending,
+    (e: Error) => e.message.endsWith("within 2000 ms: no answer"),
+  );
+  await clock.tick(2000);
+  await check;
 });
 
 Deno.test("register() names the bad argument and value", async (t) => {
