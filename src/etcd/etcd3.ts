@@ -191,6 +191,12 @@ class Etcd3Client implements EtcdClient {
     this.#timeout = timeout;
     this.#tls = tls;
     this.#user = user;
+    if (owned) {
+      // Unary calls too (etcd3's exec and its retries) try hosts in our order, so that a
+      // put or a grant does not wait out its deadline on a member a stream found frozen.
+      const pool = this.#pool as Pool & { shuffledHosts(): Iterator<PoolHost> };
+      pool.shuffledHosts = () => this.#preferred(pool.hosts);
+    }
   }
 
   /**
@@ -249,7 +255,11 @@ class Etcd3Client implements EtcdClient {
     }, this.#preferred(pool.hosts));
   }
 
-  /** Hosts in the order to try: the ones not to avoid, shuffled, then the others. */
+  /**
+   * Hosts in the order to try: the ones not to avoid, shuffled, then the others.
+   * Asking for another host means the one before failed (etcd3 moves on only after a
+   * failure or an open breaker): that one is avoided from then on.
+   */
   *#preferred(hosts: readonly PoolHost[]): Generator<PoolHost> {
     const now = Date.now();
     const fresh: PoolHost[] = [];
@@ -264,7 +274,14 @@ class Etcd3Client implements EtcdClient {
     }
     avoided.sort((a, b) => this.#avoid.get(a)! - this.#avoid.get(b)!);
     const order = [...fresh, ...avoided];
-    while (true) yield* order;
+    let previous: PoolHost | undefined;
+    while (true) {
+      for (const host of order) {
+        if (previous && previous !== host) this.#avoidHost(previous);
+        previous = host;
+        yield host;
+      }
+    }
   }
 
   /** Sends new streams elsewhere for a while (see {@linkcode #openStream}). */
@@ -526,8 +543,9 @@ function pem(name: string, value: Pem | undefined): Buffer | undefined {
  *
  * The owned client is tuned for short outages: each host's circuit breaker opens
  * after 3 failures and half-opens after 0.5 s (etcd3's default is 5 s, longer
- * than short lease TTLs), every unary call has a deadline, and gRPC keepalive
- * pings detect a dead connection within about 15 s.
+ * than short lease TTLs), every unary call has a deadline, calls try first the
+ * hosts that did not just hang or fail (a frozen member is passed over for 5 s),
+ * and gRPC keepalive pings detect a dead connection within about 15 s.
  *
  * @example
  * ```ts ignore
