@@ -317,7 +317,9 @@ class BalancedChannel implements grpc.ChannelInterface {
       onReceiveMetadata: () => {},
       onReceiveMessage: () => {},
       onReceiveStatus: (status) => {
-        if (status.code === grpc.status.OK || entry.removed) return;
+        // A call failed fast for the channel's failure ends UNAVAILABLE. Any other status means
+        // the channel connected in between and the server answered: nothing to report.
+        if (status.code !== grpc.status.UNAVAILABLE || entry.removed) return;
         // grpc-js stamps the last error with its time: drop it so that one reason reports once.
         const why = status.details.replace(/ ?\(\d{4}-\d\d-\d\dT[^)]*\)/g, "")
           .replace(/\s*Resolution note:\s*$/, "");
