@@ -7,6 +7,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProto } from "grpc-health-check";
 import { type Balancer, connect, p2c, resolve, roundRobin } from "../mod.ts";
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
+import { passedOnStatus } from "../src/grpc/dial.ts";
 import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
 import { startEtcd, waitForMetric } from "./etcd_server.ts";
 
@@ -118,6 +119,10 @@ Deno.test("grpc: after SIGKILL no call goes to the dead instance within TTL + 1 
       // Only calls in flight on the dead connection, or picked before it failed, may fail:
       // at most one per worker.
       assert.ok(load.failures.length <= workers, `${load.failures.length} failed calls`);
+      // A connection that broke under a call is UNAVAILABLE (which callers retry), never INTERNAL.
+      for (const f of load.failures) {
+        assert.equal(f.code, grpc.status.UNAVAILABLE, `failed with ${f.code}: ${f.details}`);
+      }
       assert.ok(
         load.answeredBy("b", killedAt + 1000) > 0 && load.answeredBy("c", killedAt + 1000) > 0,
       );
@@ -349,4 +354,38 @@ Deno.test("grpc: p2c shifts load away from a slow instance; roundRobin does not"
   );
   assert.ok(rr > 0.4 && rr < 0.6, `roundRobin sent ${rr} to the slow instance`);
   assert.ok(twoChoices < 0.2, `p2c sent ${twoChoices} to the slow instance`);
+});
+
+Deno.test("grpc: a call cut off by a broken pipe is passed on as UNAVAILABLE, other statuses as they are", () => {
+  const metadata = new grpc.Metadata();
+  const broken = {
+    code: grpc.status.INTERNAL,
+    details: "Received RST_STREAM with code 2 triggered by internal client error: write EPIPE",
+    metadata,
+  };
+  assert.deepEqual(passedOnStatus(broken), { ...broken, code: grpc.status.UNAVAILABLE });
+  const ended = {
+    ...broken,
+    details:
+      "Received RST_STREAM with code 2 triggered by internal client error: This socket has been ended by the other party",
+  };
+  assert.deepEqual(passedOnStatus(ended), { ...ended, code: grpc.status.UNAVAILABLE });
+  for (
+    const kept of [
+      {
+        code: grpc.status.INTERNAL,
+        details: "Received RST_STREAM with code 2 (Internal server error)",
+        metadata,
+      },
+      {
+        code: grpc.status.INTERNAL,
+        details: "the handler failed: write EPIPE to its log",
+        metadata,
+      },
+      { code: grpc.status.UNAVAILABLE, details: "read ECONNRESET", metadata },
+      { code: grpc.status.OK, details: "OK", metadata },
+    ]
+  ) {
+    assert.equal(passedOnStatus(kept), kept);
+  }
 });

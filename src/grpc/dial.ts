@@ -74,6 +74,24 @@ let callNumbers = 0;
 const DNS_NAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
+/**
+ * grpc-js reports a call cut off by a broken connection as UNAVAILABLE when the
+ * socket error is ECONNRESET or ETIMEDOUT, but as INTERNAL ("Received RST_STREAM
+ * with code 2 triggered by internal client error: write EPIPE", or "…: This socket
+ * has been ended by the other party", the EPIPE of a write after the peer's FIN)
+ * when the write lost the race with the peer's close. It is the same event, and
+ * callers retry UNAVAILABLE: report it so, keeping grpc-js's details.
+ */
+const BROKEN_PIPE =
+  /triggered by internal client error: (?:(?:read|write) EPIPE|This socket has been ended by the other party)$/;
+
+/** The status to pass on for `status` (see {@linkcode BROKEN_PIPE}). */
+export function passedOnStatus(status: grpc.StatusObject): grpc.StatusObject {
+  return status.code === grpc.status.INTERNAL && BROKEN_PIPE.test(status.details)
+    ? { ...status, code: grpc.status.UNAVAILABLE }
+    : status;
+}
+
 /** A call that waits for a pick, then runs on the picked endpoint's channel. */
 class PickedCall implements Call {
   readonly #owner: BalancedChannel;
@@ -136,7 +154,7 @@ class PickedCall implements Call {
       onReceiveStatus: (status) => {
         this.#done = true;
         this.#owner.finished(entry);
-        listener.onReceiveStatus(status);
+        listener.onReceiveStatus(passedOnStatus(status));
       },
     });
     for (const op of this.#pending) op(call);
@@ -504,13 +522,14 @@ class BalancedChannel implements grpc.ChannelInterface {
  * no instance available, a call with `waitForReady` (set through
  * `new Metadata({ waitForReady: true })`) waits until its deadline and succeeds
  * if one appears; a call without it fails fast with UNAVAILABLE. A resolver
- * error keeps the last known instances. `client.close()` releases the watch and
- * every connection.
+ * error keeps the last known instances. A call cut off by a broken connection
+ * fails UNAVAILABLE. `client.close()` releases the watch and every connection.
  *
  * @example
  * ```ts ignore
  * import * as grpc from "@grpc/grpc-js";
- * import { connect, dial } from "@seed/grpc-etcd";
+ * import { connect } from "@seed/grpc-etcd";
+ * import { dial } from "@seed/grpc-etcd/grpc";
  * const etcd = connect({ hosts: "http://127.0.0.1:2379" });
  * const Greeter = grpc.loadPackageDefinition(definition).helloworld.Greeter;
  * const greeter = dial(etcd, "svc/greeter", Greeter);

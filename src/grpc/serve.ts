@@ -78,7 +78,8 @@ function checkMs(value: unknown, name: string, fallback: number): number {
  * @example
  * ```ts ignore
  * import * as grpc from "@grpc/grpc-js";
- * import { connect, serve } from "@seed/grpc-etcd";
+ * import { connect } from "@seed/grpc-etcd";
+ * import { serve } from "@seed/grpc-etcd/grpc";
  * const server = new grpc.Server();
  * server.addService(Greeter.service, { SayHello: (call, cb) => cb(null, { message: "hi" }) });
  * await using serving = await serve(server, connect({ hosts: "127.0.0.1:2379" }), "svc/greeter");
