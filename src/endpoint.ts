@@ -171,7 +171,8 @@ export function servicePrefix(service: string): string {
  * @throws {TypeError} when the service or the address is unusable
  */
 export function endpointKey(service: string, addr: string): string {
-  checkEndpoint({ addr }, "addr");
+  const problem = addrProblem(addr);
+  if (problem) throw new TypeError(`addr ${problem}, got ${show(addr)}`);
   return `${servicePrefix(service)}${addr}`;
 }
 

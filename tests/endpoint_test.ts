@@ -101,7 +101,10 @@ Deno.test("addrProblem() accepts host:port with port 1-65535 only", () => {
 Deno.test("servicePrefix() and endpointKey() follow Go's <service>/<addr> layout", () => {
   assert.equal(servicePrefix("svc/echo"), "svc/echo/");
   assert.equal(endpointKey("svc/echo", "10.0.0.1:1"), "svc/echo/10.0.0.1:1");
-  assert.throws(() => endpointKey("svc/echo", "nope"), /addr.addr must be host:port, got "nope"/);
+  assert.throws(
+    () => endpointKey("svc/echo", "nope"),
+    /^TypeError: addr must be host:port, got "nope"$/,
+  );
 });
 
 Deno.test("encodeEndpoint() rejects metadata that is not JSON", () => {
