@@ -19,8 +19,9 @@ export interface ConsistentHashOptions {
   readonly replicas?: number;
 }
 
-const SLOTS = 2 ** 21;
-const BUCKETS = 1 << 16;
+const MAX_POINTS = 2 ** 21;
+const RADIX_BITS = 11;
+const RADIX = 1 << RADIX_BITS;
 
 /**
  * 32-bit FNV-1a over UTF-16 code units, with murmur3's final avalanche (fmix32).
@@ -32,12 +33,44 @@ export function hash32(text: string): number {
     h ^= text.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
+  return fmix32(h);
+}
+
+/** murmur3's 32-bit finaliser: a bijection in which every input bit flips half the output bits. */
+function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
   h = Math.imul(h, 0xc2b2ae35);
   h ^= h >>> 16;
   return h >>> 0;
+}
+
+/**
+ * The indexes of `keys` in ascending order of key, equal keys in index order: an LSD radix
+ * sort in three passes of 11 bits (counts that fit in L1, cheap for short lists too).
+ */
+function radixOrder(keys: Uint32Array): Uint32Array {
+  const size = keys.length;
+  let from = new Uint32Array(size);
+  for (let i = 0; i < size; i++) from[i] = i;
+  let to = new Uint32Array(size);
+  const counts = new Uint32Array(RADIX);
+  for (let shift = 0; shift < 32; shift += RADIX_BITS) {
+    counts.fill(0);
+    for (let i = 0; i < size; i++) counts[(keys[i]! >>> shift) & (RADIX - 1)]!++;
+    for (let b = 0, sum = 0; b < RADIX; b++) {
+      const count = counts[b]!;
+      counts[b] = sum;
+      sum += count;
+    }
+    for (let i = 0; i < size; i++) {
+      const index = from[i]!;
+      to[counts[(keys[index]! >>> shift) & (RADIX - 1)]!++] = index;
+    }
+    [from, to] = [to, from];
+  }
+  return from;
 }
 
 /**
@@ -48,7 +81,9 @@ export function hash32(text: string): number {
  * `options.header`; calls without a key go round robin. Ring positions derive
  * from `addr`, so every client builds the same ring.
  *
- * Building is O(n·r log(n·r)) for r replicas; each pick is O(log(n·r)).
+ * Building is O(n·r) for r replicas (n address hashes and a radix sort); each
+ * pick is O(log(n·r)), and a few steps in practice (an index by the top 16 bits
+ * narrows the search).
  *
  * @example
  * ```ts
@@ -76,10 +111,10 @@ export function consistentHash(
   if (!Number.isInteger(replicas) || replicas < 1 || replicas > 10_000) {
     throw new RangeError(`options.replicas must be an integer from 1 to 10000, got ${replicas}`);
   }
-  if (endpoints.length * replicas >= SLOTS) {
+  if (endpoints.length * replicas >= MAX_POINTS) {
     throw new RangeError(
       `consistentHash supports up to ${
-        SLOTS - 1
+        MAX_POINTS - 1
       } ring points; ${endpoints.length} endpoints × ${replicas} replicas is more`,
     );
   }
@@ -89,29 +124,32 @@ export function consistentHash(
   const n = items.length;
   if (n === 0) return () => undefined;
   const size = n * replicas;
-  // Sort (point, owner) pairs natively: point × 2^21 + slot is exact below 2^53.
-  const packed = new Float64Array(size);
+  // Point r of endpoint i: its address hashed once, then a distinct odd step per replica mixed
+  // by fmix32 (a bijection), so building hashes n strings rather than n·r.
+  const points = new Uint32Array(size);
   for (let i = 0; i < n; i++) {
+    const base = hash32(items[i]!.addr);
     for (let r = 0; r < replicas; r++) {
-      const slot = i * replicas + r;
-      packed[slot] = hash32(`${items[i]!.addr}#${r}`) * SLOTS + slot;
+      points[i * replicas + r] = fmix32((base + Math.imul(2 * r + 1, 0x9e3779b9)) | 0);
     }
   }
-  packed.sort();
+  // Sort the slots by point with a stable two-pass radix sort (ties stay in slot order).
+  const slots = radixOrder(points);
   // Point p's position at ring[2p] and its owner's index at ring[2p + 1]: a lookup reads
   // one cache line, not one in each of two arrays.
   const ring = new Uint32Array(2 * size);
   for (let p = 0; p < size; p++) {
-    const slot = packed[p]! % SLOTS;
-    ring[2 * p] = (packed[p]! - slot) / SLOTS;
-    ring[2 * p + 1] = Math.floor(slot / replicas);
+    const slot = slots[p]!;
+    ring[2 * p] = points[slot]!;
+    ring[2 * p + 1] = (slot / replicas) | 0;
   }
-  // An index by the top 16 bits of a hash narrows each lookup to a few ring points.
-  const buckets = new Uint32Array(BUCKETS + 1);
-  for (let b = 0, p = 0; b <= BUCKETS; b++) {
-    while (p < size && ring[2 * p]! >>> 16 < b) p++;
-    buckets[b] = p;
-  }
+  // An index by the top bits of a hash (about one ring point per bucket, at most 2^16
+  // buckets) narrows each lookup to a few ring points.
+  const bits = Math.min(16, Math.max(4, Math.ceil(Math.log2(size))));
+  const shift = 32 - bits;
+  const buckets = new Uint32Array((1 << bits) + 1);
+  for (let p = 0; p < size; p++) buckets[(ring[2 * p]! >>> shift) + 1]!++;
+  for (let b = 1; b < buckets.length; b++) buckets[b]! += buckets[b - 1]!;
   let next = 0;
   return (info) => {
     const key = info ? keyOf(info) : undefined;
@@ -121,7 +159,7 @@ export function consistentHash(
       return item;
     }
     const h = hash32(key);
-    const b = h >>> 16;
+    const b = h >>> shift;
     let lo = buckets[b]!;
     let hi = buckets[b + 1]!;
     while (lo < hi) {
