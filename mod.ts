@@ -30,43 +30,5 @@
  *
  * @module
  */
-export {
-  addrProblem,
-  checkService,
-  decodeEndpoint,
-  encodeEndpoint,
-  type Endpoint,
-  EndpointDecodeError,
-  endpointKey,
-  MAX_VALUE_BYTES,
-  servicePrefix,
-  type Update,
-} from "./src/endpoint.ts";
-export { applyUpdates, applyUpdatesInPlace, diffViews } from "./src/view.ts";
-export { backoff, type BackoffOptions } from "./src/backoff.ts";
-export type { Balancer, BalancerContext, Picker, PickInfo } from "./src/balancers/balancer.ts";
-export { roundRobin } from "./src/balancers/round_robin.ts";
-export { weightedRoundRobin } from "./src/balancers/weighted_round_robin.ts";
-export { p2c, random, type RandomOptions } from "./src/balancers/random.ts";
-export { consistentHash, type ConsistentHashOptions } from "./src/balancers/consistent_hash.ts";
-export {
-  AuthenticationError,
-  ClientClosedError,
-  CompactedError,
-  type EtcdClient,
-  type KeyValue,
-  LeaseNotFoundError,
-  PermissionDeniedError,
-  type RangeResult,
-  type WatchBatch,
-  type WatchEvent,
-  type WatchOptions,
-} from "./src/etcd/client.ts";
+export * from "./core.ts";
 export { connect, type ConnectOptions, type Etcd3Instance, type Pem } from "./src/etcd/etcd3.ts";
-export {
-  register,
-  type RegisterOptions,
-  type Registration,
-  type RegistrationState,
-} from "./src/register.ts";
-export { type Resolution, resolve, type ResolveOptions } from "./src/resolve.ts";
