@@ -82,7 +82,7 @@ function radixOrder(keys: Uint32Array): Uint32Array {
  * from `addr`, so every client builds the same ring.
  *
  * Building is O(n·r) for r replicas (n address hashes and a radix sort); each
- * pick is O(log(n·r)), and a few steps in practice (an index by the top 16 bits
+ * pick is O(log(n·r)), and a few steps in practice (an index by the top bits
  * narrows the search).
  *
  * @example
@@ -133,7 +133,7 @@ export function consistentHash(
       points[i * replicas + r] = fmix32((base + Math.imul(2 * r + 1, 0x9e3779b9)) | 0);
     }
   }
-  // Sort the slots by point with a stable two-pass radix sort (ties stay in slot order).
+  // Sort the slots by point with a stable radix sort (ties stay in slot order).
   const slots = radixOrder(points);
   // Point p's position at ring[2p] and its owner's index at ring[2p + 1]: a lookup reads
   // one cache line, not one in each of two arrays.
