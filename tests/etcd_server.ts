@@ -29,16 +29,23 @@ export function findEtcd(): string {
       throw new Error(`ETCD_BIN=${explicit} does not exist. ${INSTALL_HINT}`);
     }
   }
-  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+  const found = findExecutable("etcd");
+  if (found) return found;
+  throw new Error(`etcd was not found on PATH. ${INSTALL_HINT}`);
+}
+
+/** The first file called `name` in `dirs`, then in the directories of PATH. */
+export function findExecutable(name: string, dirs: readonly string[] = []): string | undefined {
+  for (const dir of [...dirs, ...(Deno.env.get("PATH") ?? "").split(":")]) {
     if (!dir) continue;
     try {
-      const path = `${dir}/etcd`;
+      const path = `${dir}/${name}`;
       if (Deno.statSync(path).isFile) return path;
     } catch {
       // not in this directory
     }
   }
-  throw new Error(`etcd was not found on PATH. ${INSTALL_HINT}`);
+  return undefined;
 }
 
 /** A running etcd member under the test's control. */
@@ -133,6 +140,20 @@ export async function readMetric(endpoint: string, name: string): Promise<number
   return Number(line.slice(name.length + 1));
 }
 
+/** How a {@linkcode Member} serves clients, beyond plain HTTP on loopback. */
+export interface MemberOptions {
+  /** Serve clients over TLS with these PEM files and require client certificates signed by `ca`. */
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
+  /**
+   * The host of the client URL clients are given (etcd listens on 127.0.0.1
+   * either way). Default `127.0.0.1`; `localhost` for TLS, as grpc-js under Deno
+   * verifies names, not IP addresses.
+   */
+  readonly clientHost?: string;
+  /** More etcd flags, e.g. `--auth-token-ttl=5`. */
+  readonly args?: readonly string[];
+}
+
 /** One etcd member process on loopback ports: alone (`startEtcd`) or in an `EtcdCluster`. */
 export class Member {
   readonly name: string;
@@ -140,16 +161,31 @@ export class Member {
   readonly peerUrl: string;
   readonly #bin: string;
   readonly #dir: string;
+  readonly #listenUrl: string;
+  readonly #args: readonly string[];
   #cluster: string;
   #state: "new" | "existing" = "new";
   #child: Deno.ChildProcess | undefined;
   #drain: Promise<unknown> = Promise.resolve();
 
-  constructor(bin: string, dir: string, name: string) {
+  constructor(bin: string, dir: string, name: string, options: MemberOptions = {}) {
     this.#bin = bin;
     this.#dir = dir;
     this.name = name;
-    this.clientUrl = `http://127.0.0.1:${freePort()}`;
+    const port = freePort();
+    const { tls } = options;
+    const scheme = tls ? "https" : "http";
+    this.#listenUrl = `${scheme}://127.0.0.1:${port}`;
+    this.clientUrl = `${scheme}://${options.clientHost ?? "127.0.0.1"}:${port}`;
+    this.#args = tls
+      ? [
+        `--cert-file=${tls.cert}`,
+        `--key-file=${tls.key}`,
+        `--trusted-ca-file=${tls.ca}`,
+        "--client-cert-auth",
+        ...(options.args ?? []),
+      ]
+      : options.args ?? [];
     this.peerUrl = `http://127.0.0.1:${freePort()}`;
     this.#cluster = `${name}=${this.peerUrl}`;
   }
@@ -171,7 +207,7 @@ export class Member {
       args: [
         `--name=${this.name}`,
         `--data-dir=${this.#dir}/${this.name}`,
-        `--listen-client-urls=${this.clientUrl}`,
+        `--listen-client-urls=${this.#listenUrl}`,
         `--advertise-client-urls=${this.clientUrl}`,
         `--listen-peer-urls=${this.peerUrl}`,
         `--initial-advertise-peer-urls=${this.peerUrl}`,
@@ -181,6 +217,7 @@ export class Member {
         "--logger=zap",
         "--log-outputs=stderr",
         "--log-level=error",
+        ...this.#args,
       ],
       stdin: "null",
       stdout: "null",

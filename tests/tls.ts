@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { findEtcd, freePort } from "./etcd_server.ts";
+import { findEtcd, findExecutable, Member } from "./etcd_server.ts";
 
 /** A certificate and its key, as PEM text, and the paths of their files. */
 export interface Issued {
@@ -178,14 +178,8 @@ export interface SecureEtcd extends AsyncDisposable {
 
 function findEtcdctl(): string {
   const etcd = findEtcd();
-  const dirs = [etcd.slice(0, etcd.lastIndexOf("/")), ...(Deno.env.get("PATH") ?? "").split(":")];
-  for (const dir of dirs) {
-    try {
-      if (dir && Deno.statSync(`${dir}/etcdctl`).isFile) return `${dir}/etcdctl`;
-    } catch {
-      // not in this directory
-    }
-  }
+  const found = findExecutable("etcdctl", [etcd.slice(0, etcd.lastIndexOf("/"))]);
+  if (found) return found;
   throw new Error(
     `etcdctl was found neither beside ${etcd} nor on PATH; install it with: apt-get install -y etcd-client`,
   );
@@ -197,46 +191,20 @@ function findEtcdctl(): string {
  */
 export async function startSecureEtcd(options: SecureEtcdOptions): Promise<SecureEtcd> {
   const { pki, auth = false, tokenTtl } = options;
-  const port = freePort();
-  const peer = `http://127.0.0.1:${freePort()}`;
   const data = await Deno.makeTempDir({ prefix: "grpc-etcd-secure-" });
-  const scheme = pki ? "https" : "http";
-  const args = [
-    "--name=t",
-    `--data-dir=${data}`,
-    `--listen-client-urls=${scheme}://127.0.0.1:${port}`,
-    `--advertise-client-urls=${scheme}://localhost:${port}`,
-    `--listen-peer-urls=${peer}`,
-    `--initial-advertise-peer-urls=${peer}`,
-    `--initial-cluster=t=${peer}`,
-    "--logger=zap",
-    "--log-level=error",
-  ];
-  if (pki) {
-    args.push(
-      `--cert-file=${pki.dir}/server.crt`,
-      `--key-file=${pki.dir}/server.key`,
-      `--trusted-ca-file=${pki.dir}/ca.crt`,
-      "--client-cert-auth",
-    );
-  }
-  if (tokenTtl !== undefined) args.push("--auth-token=simple", `--auth-token-ttl=${tokenTtl}`);
-  const child = new Deno.Command(findEtcd(), {
-    args,
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const member = new Member(findEtcd(), data, "t", {
+    clientHost: "localhost",
+    tls: pki
+      ? { cert: `${pki.dir}/server.crt`, key: `${pki.dir}/server.key`, ca: `${pki.dir}/ca.crt` }
+      : undefined,
+    args: tokenTtl === undefined ? [] : ["--auth-token=simple", `--auth-token-ttl=${tokenTtl}`],
+  });
+  member.spawn();
   const stop = async () => {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-    await child.status;
+    await member.stop({ kill: true });
     await Deno.remove(data, { recursive: true }).catch(() => {});
   };
-  const endpoint = `${scheme}://localhost:${port}`;
+  const endpoint = member.clientUrl;
   const ctl = findEtcdctl();
   let asRoot = false;
   const etcdctl = async (...rest: string[]): Promise<string> => {
