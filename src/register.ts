@@ -123,7 +123,7 @@ class RegistrationImpl implements Registration {
       }),
     );
     this.#controller.abort();
-    this.#nap?.abort();
+    this.#wake();
     this.#setState("closed");
     return true;
   }
@@ -314,7 +314,7 @@ class RegistrationImpl implements Registration {
   async #shutdown(revoke: boolean): Promise<void> {
     this.#userSignal?.removeEventListener("abort", this.#onAbort);
     this.#controller.abort();
-    this.#nap?.abort();
+    this.#wake();
     await this.#loops;
     if (revoke && this.#leaseValid) {
       try {
