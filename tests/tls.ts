@@ -159,6 +159,8 @@ export async function makePki(): Promise<TestPki> {
 export interface SecureEtcdOptions {
   /** Serve TLS with this PKI's server certificate and require client certificates from its CA. */
   readonly pki?: TestPki;
+  /** The certificate etcd serves instead of the PKI's server certificate (with `pki`). */
+  readonly server?: Issued;
   /** Turn auth on, with user `root` (password {@linkcode ROOT_PASSWORD}) as the only user. */
   readonly auth?: boolean;
   /** `--auth-token-ttl` in seconds (simple tokens; etcd's default is 300). */
@@ -170,7 +172,7 @@ export const ROOT_PASSWORD = "root-secret";
 
 /** A running etcd with TLS and/or auth, and `etcdctl` pointed at it as root. */
 export interface SecureEtcd extends AsyncDisposable {
-  /** The client URL (`https://localhost:…` with TLS: grpc-js under Deno verifies names, not IPs). */
+  /** The client URL, `http(s)://localhost:…` (the certificate also names 127.0.0.1). */
   readonly endpoint: string;
   /** Runs `etcdctl` against this etcd (as root when auth is on); resolves to its stdout. */
   etcdctl(...args: string[]): Promise<string>;
@@ -190,12 +192,16 @@ function findEtcdctl(): string {
  * auth turned on (through `etcdctl`, the commands the README documents).
  */
 export async function startSecureEtcd(options: SecureEtcdOptions): Promise<SecureEtcd> {
-  const { pki, auth = false, tokenTtl } = options;
+  const { pki, server, auth = false, tokenTtl } = options;
   const data = await Deno.makeTempDir({ prefix: "grpc-etcd-secure-" });
   const member = new Member(findEtcd(), data, "t", {
     clientHost: "localhost",
     tls: pki
-      ? { cert: `${pki.dir}/server.crt`, key: `${pki.dir}/server.key`, ca: `${pki.dir}/ca.crt` }
+      ? {
+        cert: server?.certFile ?? `${pki.dir}/server.crt`,
+        key: server?.keyFile ?? `${pki.dir}/server.key`,
+        ca: `${pki.dir}/ca.crt`,
+      }
       : undefined,
     args: tokenTtl === undefined ? [] : ["--auth-token=simple", `--auth-token-ttl=${tokenTtl}`],
   });

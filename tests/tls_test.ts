@@ -20,6 +20,7 @@ import {
 import { dial, registerEtcdResolver } from "../grpc.ts";
 import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
 import { type Issued, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
+import { targetHost } from "../src/etcd/tls.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { sleep, until } from "./wait.ts";
 
@@ -66,8 +67,14 @@ Deno.test("tls: register, resolve and dial work through an etcd that requires cl
       hosts: etcd.endpoint,
       tls: { ca: `${pki.dir}/ca.crt`, cert: `${pki.dir}/client.crt`, key: `${pki.dir}/client.key` },
     });
+    // etcd by IP address: Deno refuses an IP as TLS server name, so none is sent, and the
+    // certificate's IP SAN is checked instead.
+    await using d = connect({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey },
+    });
     await using registration = await register(a, "tls/svc", { addr: "10.0.0.1:50051" });
-    for (const client of [b, c]) {
+    for (const client of [b, c, d]) {
       await using updates = resolve(client, "tls/svc");
       const first = await updates.next();
       assert.deepEqual(first.value, [{
@@ -192,6 +199,50 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
     await pki.close();
     await other.close();
   }
+});
+
+Deno.test("tls: an etcd host given by IP address must be named in etcd's certificate", async () => {
+  const pki = await makePki();
+  try {
+    // etcd serves a certificate for the name localhost only, not for the address 127.0.0.1.
+    const server = await pki.issue("named", ["localhost"]);
+    await using etcd = await startSecureEtcd({ pki, server });
+    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
+    await using byName = connect({ hosts: etcd.endpoint, tls });
+    assert.deepEqual((await byName.getPrefix("tls/")).kvs, []);
+    await using byAddress = connect({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      tls,
+      dialTimeout: 1000,
+    });
+    const start = Date.now();
+    await assert.rejects(
+      byAddress.getPrefix("tls/"),
+      /etcd's server certificate does not name the host as given in options\.hosts: .*IP: 127\.0\.0\.1 is not in the cert's list/,
+    );
+    assert.ok(Date.now() - start < 1500, `took ${Date.now() - start} ms`);
+    // https:// without tls.ca: the system's roots, which do not include the test CA.
+    await using systemRoots = connect({ hosts: etcd.endpoint, dialTimeout: 1000 });
+    await assert.rejects(
+      systemRoots.getPrefix("tls/"),
+      /etcd's server certificate is not signed by a CA this system trusts \(give etcd's CA as tls\.ca\)/,
+    );
+  } finally {
+    await pki.close();
+  }
+});
+
+Deno.test("tls: the host a certificate must name is the target's, without port or brackets", () => {
+  const cases: [string, string][] = [
+    ["127.0.0.1:2379", "127.0.0.1"],
+    ["etcd-1.internal:2379", "etcd-1.internal"],
+    ["[::1]:2379", "::1"],
+    ["[fd00::5]:443", "fd00::5"],
+    ["::1", "::1"],
+    ["localhost", "localhost"],
+    ["/etcd-1.internal:2379", "etcd-1.internal"],
+  ];
+  for (const [target, host] of cases) assert.equal(targetHost(target), host, target);
 });
 
 Deno.test("tls and auth together: client certificate and password", async () => {

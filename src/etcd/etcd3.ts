@@ -38,6 +38,7 @@ import {
   type WatchEvent,
   type WatchOptions,
 } from "./client.ts";
+import { EtcdTlsCredentials } from "./tls.ts";
 
 /**
  * PEM text (a string holding `-----BEGIN`), PEM bytes, or the path of a PEM
@@ -163,6 +164,13 @@ interface Stream {
 }
 type StreamClient = Record<string, (metadata: unknown, options: object) => Stream>;
 
+/** The TLS material given to `connect()`, for explaining handshake failures. */
+interface TlsMode {
+  readonly secure: boolean;
+  readonly ca: boolean;
+  readonly clientCert: boolean;
+}
+
 /** How long a host whose stream hung or failed goes to the back of the line, in ms. */
 const AVOID_MS = 5000;
 
@@ -171,7 +179,7 @@ class Etcd3Client implements EtcdClient {
   readonly #etcd: Etcd3;
   readonly #owned: boolean;
   readonly #timeout: number;
-  readonly #tls: "none" | "no-client-cert" | "client-cert";
+  readonly #tls: TlsMode;
   readonly #user: string | undefined;
   /** Hosts whose stream just hung or failed, and until when new streams avoid them. */
   readonly #avoid = new Map<PoolHost, number>();
@@ -182,7 +190,7 @@ class Etcd3Client implements EtcdClient {
     hosts: readonly string[],
     owned: boolean,
     timeout: number,
-    tls: "none" | "no-client-cert" | "client-cert" = "none",
+    tls: TlsMode = { secure: false, ca: false, clientCert: false },
     user?: string,
   ) {
     this.#etcd = etcd;
@@ -323,11 +331,16 @@ class Etcd3Client implements EtcdClient {
     const aborted = /EPIPE|ECONNRESET|bad ?certificate|certificate ?required/i.test(text);
     let hint: string | undefined;
     if (/unable to verify|self[- ]signed|certificate verify failed|unknown ?ca/i.test(text)) {
-      hint = "etcd's server certificate is not signed by the CA given in tls.ca";
-    } else if (aborted && this.#tls === "no-client-cert") {
+      hint = this.#tls.ca
+        ? "etcd's server certificate is not signed by the CA given in tls.ca"
+        : "etcd's server certificate is not signed by a CA this system trusts (give etcd's CA " +
+          "as tls.ca)";
+    } else if (/does not match certificate's altnames|ERR_TLS_CERT_ALTNAME/i.test(text)) {
+      hint = "etcd's server certificate does not name the host as given in options.hosts";
+    } else if (aborted && this.#tls.secure && !this.#tls.clientCert) {
       hint = "etcd closed the TLS connection; it may require a client certificate " +
         "(tls.cert and tls.key were not given)";
-    } else if (aborted && this.#tls === "client-cert") {
+    } else if (aborted && this.#tls.clientCert) {
       hint = "etcd rejected the client certificate or closed the TLS connection " +
         "(expired, or not signed by a CA etcd trusts)";
     }
@@ -537,6 +550,32 @@ function pem(name: string, value: Pem | undefined): Buffer | undefined {
 }
 
 /**
+ * Makes every connection of `etcd` (to each host, and etcd3's own calls to
+ * authenticate) use `credentials`: etcd3 takes TLS material only as buffers for
+ * grpc-js's `createSsl`, whose connections to an IP address fail under Deno.
+ */
+function useCredentials(etcd: Etcd3, credentials: EtcdTlsCredentials): void {
+  const pool = (etcd as unknown as {
+    pool?: {
+      hosts?: { channelCredentials?: unknown }[];
+      authenticator?: { credentials?: unknown };
+    };
+  }).pool;
+  const hosts = pool?.hosts;
+  const authenticator = pool?.authenticator;
+  if (
+    !hosts?.every((host) => "channelCredentials" in host) || !authenticator ||
+    !("credentials" in authenticator)
+  ) {
+    throw new Error(
+      "connect(): this version of npm:etcd3 keeps its credentials elsewhere; TLS cannot be set up",
+    );
+  }
+  for (const host of hosts) host.channelCredentials = credentials;
+  authenticator.credentials = credentials;
+}
+
+/**
  * Connects to etcd through `npm:etcd3`. Given options, the client owns its
  * connections and `close()` releases them; given an existing `Etcd3`, it wraps
  * it without owning it (`close()` leaves it open).
@@ -601,13 +640,6 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
   const etcd = new Etcd3({
     hosts,
     auth: auth ? { username: auth.username, password: auth.password } : undefined,
-    credentials: tls
-      ? {
-        rootCertificate: pem("ca", tls.ca) as Buffer,
-        privateKey: pem("key", tls.key),
-        certChain: pem("cert", tls.cert),
-      }
-      : undefined,
     dialTimeout,
     defaultCallOptions: (context) => context.isStream ? {} : { deadline: Date.now() + dialTimeout },
     faultHandling: {
@@ -630,6 +662,13 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       "grpc.keepalive_permit_without_calls": 0,
     },
   });
-  const tlsMode = !tls ? "none" : tls.cert && tls.key ? "client-cert" : "no-client-cert";
+  const secure = tls !== undefined || hosts.some((host) => host.startsWith("https://"));
+  if (secure) {
+    useCredentials(
+      etcd,
+      new EtcdTlsCredentials(pem("ca", tls?.ca), pem("key", tls?.key), pem("cert", tls?.cert)),
+    );
+  }
+  const tlsMode = { secure, ca: tls?.ca !== undefined, clientCert: tls?.cert !== undefined };
   return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username);
 }
