@@ -10,7 +10,9 @@
  * by IP. These credentials send a server name only when it is a DNS name, and
  * check the certificate against the host either way (`checkServerIdentity`
  * matches IP addresses against the certificate's IP SANs, DNS names against its
- * DNS SANs).
+ * DNS SANs). grpc-js's variables `GRPC_SSL_CIPHER_SUITES` and
+ * `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH` do not apply: the ciphers are the
+ * runtime's defaults, and without `tls.ca` the roots are the system's.
  *
  * @module
  */
