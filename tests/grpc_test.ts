@@ -243,6 +243,16 @@ Deno.test("grpc: bad input names the argument", async (t) => {
       /options.advertise must end in a port from 1 to 65535, got "host:0"/,
     );
   });
+  await t.step("timings", async () => {
+    await assert.rejects(
+      serve(server, client, SERVICE, { timeout: 0 }),
+      /options.timeout must be a positive number of ms, got 0/,
+    );
+    await assert.rejects(
+      serve(server, client, SERVICE, { drainMs: -1 }),
+      /options.drainMs must be a non-negative number of ms, got -1/,
+    );
+  });
   await t.step("service", async () => {
     await assert.rejects(
       serve(server, client, "bad name", {}),

@@ -28,7 +28,15 @@ export interface ServeOptions {
   readonly drainMs?: number;
   /** How long in-flight calls may take to finish before they are cancelled. Default 5000 ms. */
   readonly shutdownMs?: number;
-  /** Closes (drains) the server when aborted. */
+  /**
+   * How long `serve()` tries to register before it gives up, shuts the server
+   * down and rejects (see `register`). Default 5000 ms.
+   */
+  readonly timeout?: number;
+  /**
+   * Closes (drains) the server when aborted. Aborted before `serve()` has
+   * registered, it shuts the server down and rejects with the signal's reason.
+   */
   readonly signal?: AbortSignal;
   /** Called with problems the registration recovers from by itself. */
   readonly onError?: (error: Error) => void;
@@ -120,6 +128,8 @@ export async function serve(
   }
   const drainMs = checkMs(options.drainMs, "drainMs", 1000);
   const shutdownMs = checkMs(options.shutdownMs, "shutdownMs", 5000);
+  const timeout = checkMs(options.timeout, "timeout", 5000);
+  if (timeout === 0) throw new RangeError(`options.timeout must be a positive number of ms, got 0`);
   options.signal?.throwIfAborted();
 
   const health = new HealthImplementation({ "": "SERVING", [service]: "SERVING" });
@@ -143,6 +153,8 @@ export async function serve(
   try {
     registration = await register(client, service, { addr, metadata: options.metadata }, {
       ttl: options.ttl,
+      timeout,
+      signal: options.signal,
       onError: options.onError,
     });
   } catch (error) {
@@ -176,5 +188,6 @@ export async function serve(
   };
   const onAbort = () => void close();
   signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) onAbort();
   return { addr, port, registration, close, [Symbol.asyncDispose]: close };
 }
