@@ -288,3 +288,50 @@ Deno.test("a registration whose client is closed stops and says so", async () =>
   await reg.close();
   await assert.rejects(register(client, "svc/a", { addr: "a:1" }), /the etcd client is closed/);
 });
+
+Deno.test("register() puts back a key deleted while its watch was cut off and the history compacted", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  await using other = etcd.client();
+  const errors: Error[] = [];
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, {
+    ttl: 30,
+    onError: (e) => errors.push(e),
+  });
+  const lease = reg.lease;
+  client.disconnect();
+  await clock.tick(1000);
+  await other.delete(reg.key);
+  await other.put("unrelated", "x");
+  etcd.compact(); // the delete is no longer in etcd's history
+  client.reconnect();
+  await clock.tick(3000 + 1000); // the watch's backoff cap, and a little
+  const { kvs } = await other.get(reg.key);
+  assert.equal(kvs.length, 1, "the key is back");
+  assert.equal(kvs[0]!.lease, lease, "on the same lease, which outlived the cut-off");
+  assert.equal(reg.state, "registered");
+  assert.ok(errors.length > 0, "the cut-off was reported");
+});
+
+Deno.test("register() goes on when onError or onStateChange throws", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  await using other = etcd.client();
+  let calls = 0;
+  const boom = () => {
+    calls++;
+    throw new Error("handler bug");
+  };
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, {
+    ttl: 10,
+    onError: boom,
+    onStateChange: boom,
+  });
+  await other.revokeLease(reg.lease);
+  await clock.tick(3000);
+  assert.equal((await other.get(reg.key)).kvs.length, 1, "healed despite the handlers");
+  assert.equal(reg.state, "registered");
+  assert.ok(calls >= 3, `handlers called ${calls} times`);
+});
