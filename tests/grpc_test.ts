@@ -7,6 +7,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProto } from "grpc-health-check";
 import { type Balancer, connect, p2c, resolve, roundRobin } from "../mod.ts";
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
+import { memoryClient } from "../testing.ts";
 import { passedOnStatus } from "../src/grpc/dial.ts";
 import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
 import { startEtcd, waitForMetric } from "./etcd_server.ts";
@@ -335,6 +336,34 @@ Deno.test("grpc: registerEtcdResolver() rejects a bad or taken scheme", () => {
   );
   using _first = registerEtcdResolver(client, { scheme: "etcd-test" });
   assert.throws(() => registerEtcdResolver(client, { scheme: "etcd-test" }), /already bound/);
+});
+
+Deno.test("grpc: an etcd:/// target that cannot resolve fails its calls UNAVAILABLE, saying why", async () => {
+  await using client = memoryClient();
+  const binding = registerEtcdResolver(client, { scheme: "etcd-unbound" });
+  const fails = async (target: string, details: RegExp) => {
+    const greeter = new Greeter(target, grpc.credentials.createInsecure());
+    try {
+      await assert.rejects(
+        sayHello(greeter, { name: "x" }, { deadline: Date.now() + 2000 }),
+        (e: grpc.ServiceError) => {
+          assert.equal(e.code, grpc.status.UNAVAILABLE);
+          assert.match(e.details, details);
+          return true;
+        },
+      );
+    } finally {
+      greeter.close();
+    }
+  };
+  // A service name resolve() refuses.
+  await fails("etcd-unbound:///bad name", /service must not contain whitespace/);
+  // The scheme after its binding was disposed.
+  binding[Symbol.dispose]();
+  await fails(
+    "etcd-unbound:///svc/greeter",
+    /no etcd client is bound to the etcd-unbound: scheme \(see registerEtcdResolver\)/,
+  );
 });
 
 Deno.test("grpc: p2c shifts load away from a slow instance; roundRobin does not", async () => {
