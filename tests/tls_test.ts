@@ -268,7 +268,7 @@ Deno.test("tls and auth together: client certificate and password", async () => 
   }
 });
 
-Deno.test("auth: a wrong password fails at once, saying so; the right one works", async () => {
+Deno.test("auth: a wrong password, or none, fails at once saying so; the right one works", async () => {
   await using etcd = await startSecureEtcd({ auth: true });
   await using wrong = connect({
     hosts: etcd.endpoint,
@@ -288,6 +288,29 @@ Deno.test("auth: a wrong password fails at once, saying so; the right one works"
     },
   );
   assert.ok(Date.now() - start < 1500, `took ${Date.now() - start} ms`);
+  // No credentials at all, against an etcd with auth on: the same, at once, saying what to give.
+  await using none = connect({ hosts: etcd.endpoint, dialTimeout: 1000 });
+  const bare = Date.now();
+  await assert.rejects(
+    register(none, "a", { addr: "10.0.0.1:1" }, { timeout: 3000 }),
+    (e: Error) => {
+      assert.ok(e.cause instanceof AuthenticationError, String(e.cause));
+      assert.match(
+        e.message,
+        /etcd has auth enabled and needs a user name and password: give them as options\.auth to connect\(\)$/,
+      );
+      return true;
+    },
+  );
+  assert.ok(Date.now() - bare < 1500, `took ${Date.now() - bare} ms`);
+  const errors: Error[] = [];
+  await using updates = resolve(none, "a", { onError: (e) => errors.push(e) });
+  const pending = updates.next();
+  await until("a report of the refused read", 5000, () => errors.length > 0);
+  assert.ok(errors[0] instanceof AuthenticationError, String(errors[0]));
+  await updates.return();
+  assert.deepEqual(await pending, { done: true, value: undefined });
+
   await using right = connect({
     hosts: etcd.endpoint,
     auth: { username: "root", password: ROOT_PASSWORD },

@@ -137,18 +137,25 @@ export class PermissionDeniedError extends Error {
 }
 
 /**
- * etcd rejected the credentials: a wrong user name or password. Retrying with
- * the same credentials does not help.
+ * etcd rejected the credentials: a wrong user name or password, or none given
+ * while etcd has auth enabled. Retrying with the same credentials does not help.
  */
 export class AuthenticationError extends Error {
   /**
    * Creates the error.
    *
-   * @param user the user name given in `auth`
+   * @param user the user name given in `auth`, or `undefined` when none was
+   *   given but etcd has auth enabled
    * @param options the underlying cause
    */
-  constructor(user: string, options?: ErrorOptions) {
-    super(`etcd rejected the user name or password (user ${JSON.stringify(user)})`, options);
+  constructor(user: string | undefined, options?: ErrorOptions) {
+    super(
+      user === undefined
+        ? "etcd has auth enabled and needs a user name and password: give them as options.auth " +
+          "to connect()"
+        : `etcd rejected the user name or password (user ${JSON.stringify(user)})`,
+      options,
+    );
     this.name = "AuthenticationError";
   }
 }

@@ -346,6 +346,8 @@ class Etcd3Client implements EtcdClient {
     }
     const explained = error instanceof EtcdAuthenticationFailedError
       ? new AuthenticationError(this.#user ?? "", { cause: error })
+      : this.#user === undefined && /user name is empty/.test(text)
+      ? new AuthenticationError(undefined, { cause: error })
       : hint
       ? new Error(`${hint}: ${text}`, { cause: error })
       : error;
