@@ -232,6 +232,33 @@ Deno.test("tls: an etcd host given by IP address must be named in etcd's certifi
   }
 });
 
+Deno.test("tls: http:// to an etcd serving TLS, or https:// to one serving plain text, says so", async () => {
+  const pki = await makePki();
+  try {
+    await using secure = await startTlsEtcd(pki);
+    await using plain = await startSecureEtcd({});
+    await using http = connect({
+      hosts: secure.endpoint.replace("https://", "http://"),
+      dialTimeout: 1000,
+    });
+    await assert.rejects(
+      http.getPrefix("tls/"),
+      /etcd accepted the connection but did not answer in plain-text HTTP\/2; if it serves TLS, give https:\/\/ hosts/,
+    );
+    await using https = connect({
+      hosts: plain.endpoint.replace("http://", "https://"),
+      tls: { ca: pki.ca },
+      dialTimeout: 1000,
+    });
+    await assert.rejects(
+      https.getPrefix("tls/"),
+      /etcd closed the connection before the TLS handshake completed; if it serves plain text, give http:\/\/ hosts/,
+    );
+  } finally {
+    await pki.close();
+  }
+});
+
 Deno.test("tls: the host a certificate must name is the target's, without port or brackets", () => {
   const cases: [string, string][] = [
     ["127.0.0.1:2379", "127.0.0.1"],

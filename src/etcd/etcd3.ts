@@ -337,6 +337,17 @@ class Etcd3Client implements EtcdClient {
           "as tls.ca)";
     } else if (/does not match certificate's altnames|ERR_TLS_CERT_ALTNAME/i.test(text)) {
       hint = "etcd's server certificate does not name the host as given in options.hosts";
+    } else if (
+      !this.#tls.secure &&
+      /No connection established\. Last error: (Failed to connect \(|read ECONNRESET)/.test(text)
+    ) {
+      // Closed before any HTTP/2 answer ("Failed to connect" is grpc-js's words for that), or
+      // reset: a TLS server drops a plain-text client either way.
+      hint = "etcd accepted the connection but did not answer in plain-text HTTP/2; " +
+        "if it serves TLS, give https:// hosts";
+    } else if (this.#tls.secure && /disconnected before secure TLS connection/i.test(text)) {
+      hint = "etcd closed the connection before the TLS handshake completed; " +
+        "if it serves plain text, give http:// hosts";
     } else if (aborted && this.#tls.secure && !this.#tls.clientCert) {
       hint = "etcd closed the TLS connection; it may require a client certificate " +
         "(tls.cert and tls.key were not given)";
