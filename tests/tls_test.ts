@@ -175,7 +175,7 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
       });
     }
     await t.step(
-      "unreadable or non-PEM files, and half a key pair, are refused by connect()",
+      "unreadable or non-PEM files, half a key pair, a key not of its certificate, or a garbled certificate are refused by connect()",
       () => {
         assert.throws(
           () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/missing.crt` } }),
@@ -188,6 +188,32 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
         assert.throws(
           () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca, cert: pki.clientCert } }),
           /options\.tls\.cert and options\.tls\.key go together, got only cert/,
+        );
+        // Content the runtime would only reject at the first handshake, if at all.
+        assert.throws(
+          () =>
+            connect({
+              hosts: etcd.endpoint,
+              tls: { ca: pki.ca, cert: pki.clientCert, key: other.clientKey },
+            }),
+          /options\.tls\.key is not the key of options\.tls\.cert \(CN=client\)/,
+        );
+        assert.throws(
+          () =>
+            connect({
+              hosts: etcd.endpoint,
+              tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientCert },
+            }),
+          /options\.tls\.key cannot be read: /,
+        );
+        const garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca + garbled } }),
+          /options\.tls\.ca \(certificate 2 of 2\) cannot be read: /,
+        );
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: "-----BEGIN nothing" } }),
+          /options\.tls\.ca holds no PEM certificate/,
         );
         assert.throws(
           () => connect({ hosts: "http://127.0.0.1:2379", tls: { ca: pki.ca } }),

@@ -5,6 +5,7 @@
  * @module
  */
 import { Buffer } from "node:buffer";
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import {
   ClientClosedError as Etcd3ClosedError,
@@ -536,6 +537,8 @@ class Etcd3Client implements EtcdClient {
 }
 
 /** PEM text or bytes as given, or read from the file a string names. */
+const CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+
 function pem(name: string, value: Pem | undefined): Buffer | undefined {
   if (value === undefined) return undefined;
   if (value instanceof Uint8Array) return Buffer.from(value);
@@ -560,6 +563,44 @@ function pem(name: string, value: Pem | undefined): Buffer | undefined {
     throw new TypeError(`options.tls.${name}: the file ${JSON.stringify(value)} is not PEM`);
   }
   return bytes;
+}
+
+/** Runs `parse`, or throws a TypeError saying that `what` cannot be read, and why. */
+function parsed<T>(what: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    throw new TypeError(`${what} cannot be read: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/**
+ * Checks TLS material when `connect()` is called: the runtime would only fail
+ * at the first handshake, and obscurely ("unsupported protocol" for a key that
+ * does not match its certificate).
+ */
+function checkTlsMaterial(ca?: Buffer, key?: Buffer, cert?: Buffer): void {
+  if (ca) {
+    const blocks = ca.toString("latin1").match(CERTIFICATE) ?? [];
+    if (blocks.length === 0) throw new TypeError("options.tls.ca holds no PEM certificate");
+    blocks.forEach((block, i) =>
+      parsed(
+        `options.tls.ca (certificate ${i + 1} of ${blocks.length})`,
+        () => new X509Certificate(block),
+      )
+    );
+  }
+  if (key && cert) {
+    const privateKey = parsed("options.tls.key", () => createPrivateKey(key));
+    const first = cert.toString("latin1").match(CERTIFICATE)?.[0];
+    if (!first) throw new TypeError("options.tls.cert holds no PEM certificate");
+    const certificate = parsed("options.tls.cert", () => new X509Certificate(first));
+    if (!certificate.checkPrivateKey(privateKey)) {
+      throw new TypeError(
+        `options.tls.key is not the key of options.tls.cert (${certificate.subject})`,
+      );
+    }
+  }
 }
 
 /**
@@ -650,6 +691,13 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       `options.tls needs https:// hosts, got ${JSON.stringify(hosts)}`,
     );
   }
+  const secure = tls !== undefined || hosts.some((host) => host.startsWith("https://"));
+  let credentials: EtcdTlsCredentials | undefined;
+  if (secure) {
+    const [ca, key, cert] = [pem("ca", tls?.ca), pem("key", tls?.key), pem("cert", tls?.cert)];
+    checkTlsMaterial(ca, key, cert);
+    credentials = new EtcdTlsCredentials(ca, key, cert);
+  }
   const etcd = new Etcd3({
     hosts,
     auth: auth ? { username: auth.username, password: auth.password } : undefined,
@@ -675,13 +723,7 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       "grpc.keepalive_permit_without_calls": 0,
     },
   });
-  const secure = tls !== undefined || hosts.some((host) => host.startsWith("https://"));
-  if (secure) {
-    useCredentials(
-      etcd,
-      new EtcdTlsCredentials(pem("ca", tls?.ca), pem("key", tls?.key), pem("cert", tls?.cert)),
-    );
-  }
+  if (credentials) useCredentials(etcd, credentials);
   const tlsMode = { secure, ca: tls?.ca !== undefined, clientCert: tls?.cert !== undefined };
   return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username);
 }
