@@ -146,8 +146,7 @@ export interface MemberOptions {
   readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
   /**
    * The host of the client URL clients are given (etcd listens on 127.0.0.1
-   * either way). Default `127.0.0.1`; `localhost` for TLS, as grpc-js under Deno
-   * verifies names, not IP addresses.
+   * either way). Default `127.0.0.1`.
    */
   readonly clientHost?: string;
   /** More etcd flags, e.g. `--auth-token-ttl=5`. */

@@ -165,6 +165,8 @@ export interface SecureEtcdOptions {
   readonly auth?: boolean;
   /** `--auth-token-ttl` in seconds (simple tokens; etcd's default is 300). */
   readonly tokenTtl?: number;
+  /** Signed JWT tokens (RS256, a key made by `openssl`) valid this many seconds, instead. */
+  readonly jwtTtl?: number;
 }
 
 /** The root password of an etcd started with `auth: true`. */
@@ -192,8 +194,18 @@ function findEtcdctl(): string {
  * auth turned on (through `etcdctl`, the commands the README documents).
  */
 export async function startSecureEtcd(options: SecureEtcdOptions): Promise<SecureEtcd> {
-  const { pki, server, auth = false, tokenTtl } = options;
+  const { pki, server, auth = false, tokenTtl, jwtTtl } = options;
   const data = await Deno.makeTempDir({ prefix: "grpc-etcd-secure-" });
+  const args = tokenTtl === undefined
+    ? []
+    : ["--auth-token=simple", `--auth-token-ttl=${tokenTtl}`];
+  if (jwtTtl !== undefined) {
+    await openssl(data, ["genrsa", "-out", "jwt.key", "2048"]);
+    await openssl(data, ["rsa", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+    args.push(
+      `--auth-token=jwt,pub-key=${data}/jwt.pub,priv-key=${data}/jwt.key,sign-method=RS256,ttl=${jwtTtl}s`,
+    );
+  }
   const member = new Member(findEtcd(), data, "t", {
     clientHost: "localhost",
     tls: pki
@@ -203,7 +215,7 @@ export async function startSecureEtcd(options: SecureEtcdOptions): Promise<Secur
         ca: `${pki.dir}/ca.crt`,
       }
       : undefined,
-    args: tokenTtl === undefined ? [] : ["--auth-token=simple", `--auth-token-ttl=${tokenTtl}`],
+    args,
   });
   member.spawn();
   const stop = async () => {
