@@ -1,13 +1,14 @@
 /**
  * The parts of a dialed client that grpc-js users reach for besides plain
- * calls: `waitForReady`, cancelling, `getPeer`, header-keyed balancing and
- * metadata changes of a live instance. Real etcd, greeter servers in this
- * process on loopback.
+ * unary calls: `waitForReady`, cancelling, `getPeer`, header-keyed balancing,
+ * metadata changes of a live instance, and streaming calls. Real etcd, servers
+ * in this process on loopback.
  */
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
-import { connect, consistentHash, weightedRoundRobin } from "../mod.ts";
-import { dial } from "../grpc.ts";
+import { Buffer } from "node:buffer";
+import { connect, consistentHash, type EtcdClient, weightedRoundRobin } from "../mod.ts";
+import { dial, serve, type Serving } from "../grpc.ts";
 import {
   Greeter,
   type GreeterClient,
@@ -188,5 +189,97 @@ Deno.test("dial: a weight changed in a live instance's metadata takes effect", a
     assert.deepEqual(await shares(40), { a: 30, b: 10 });
   } finally {
     greeter.close();
+  }
+});
+
+/** A bidi echo service and a server-streaming counter, JSON on the wire. */
+const json = {
+  serialize: (value: unknown) => Buffer.from(JSON.stringify(value)),
+  deserialize: (bytes: Buffer) => JSON.parse(bytes.toString()),
+};
+const Streams = grpc.makeGenericClientConstructor({
+  Echo: {
+    path: "/test.Streams/Echo",
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: json.serialize,
+    requestDeserialize: json.deserialize,
+    responseSerialize: json.serialize,
+    responseDeserialize: json.deserialize,
+  },
+  Count: {
+    path: "/test.Streams/Count",
+    requestStream: false,
+    responseStream: true,
+    requestSerialize: json.serialize,
+    requestDeserialize: json.deserialize,
+    responseSerialize: json.serialize,
+    responseDeserialize: json.deserialize,
+  },
+}, "Streams");
+
+async function startStreams(
+  client: EtcdClient,
+  name: string,
+): Promise<Serving> {
+  const server = new grpc.Server();
+  server.addService(Streams.service, {
+    Echo(call: grpc.ServerDuplexStream<{ n: number }, { n: number; by: string }>) {
+      call.on("data", (message) => call.write({ n: message.n, by: name }));
+      call.on("end", () => call.end());
+    },
+    Count(call: grpc.ServerWritableStream<{ to: number }, { n: number; by: string }>) {
+      for (let n = 1; n <= call.request.to; n++) call.write({ n, by: name });
+      call.end();
+    },
+  });
+  return await serve(server, client, "svc/streams", { drainMs: 0, metadata: { name } });
+}
+
+Deno.test("dial: server-streaming and bidi calls run whole on the instance picked for them", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  const instances = [await startStreams(client, "a"), await startStreams(client, "b")];
+  // deno-lint-ignore no-explicit-any
+  const streams = dial(client, "svc/streams", Streams) as any;
+  try {
+    await waitForReady(streams, 5000);
+    await sleep(300); // both instances connected
+    const by = new Set<string>();
+    for (let call = 0; call < 4; call++) {
+      // Server streaming: 50 messages, in order, all from one instance.
+      const counted: { n: number; by: string }[] = [];
+      await new Promise<void>((resolve, reject) => {
+        const stream = streams.Count({ to: 50 });
+        stream.on("data", (m: { n: number; by: string }) => counted.push(m));
+        stream.on("error", reject);
+        stream.on("end", resolve);
+      });
+      assert.deepEqual(counted.map((m) => m.n), Array.from({ length: 50 }, (_, i) => i + 1));
+      assert.equal(new Set(counted.map((m) => m.by)).size, 1);
+      by.add(counted[0]!.by);
+
+      // Bidi: each message answered in turn, then a clean end, on one instance.
+      const echoed: { n: number; by: string }[] = [];
+      const stream = streams.Echo();
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on("data", (m: { n: number; by: string }) => echoed.push(m));
+        stream.on("error", reject);
+        stream.on("end", resolve);
+      });
+      for (let n = 0; n < 20; n++) {
+        stream.write({ n });
+        if (n % 5 === 0) await sleep(5); // interleave writes with replies
+      }
+      stream.end();
+      await ended;
+      assert.deepEqual(echoed.map((m) => m.n), Array.from({ length: 20 }, (_, i) => i));
+      assert.equal(new Set(echoed.map((m) => m.by)).size, 1);
+      by.add(echoed[0]!.by);
+    }
+    assert.deepEqual([...by].sort(), ["a", "b"], "calls were balanced over both instances");
+  } finally {
+    streams.close();
+    await Promise.all(instances.map((i) => i.close()));
   }
 });
