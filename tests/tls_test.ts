@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
+import { Etcd3 } from "etcd3";
 import {
   AuthenticationError,
   connect,
@@ -254,6 +255,23 @@ Deno.test("tls: an etcd host given by IP address must be named in etcd's certifi
       /etcd's server certificate does not name the host as given in options\.hosts: .*IP: 127\.0\.0\.1 is not in the cert's list/,
     );
     assert.ok(Date.now() - start < 1500, `took ${Date.now() - start} ms`);
+    // An Etcd3 instance made by the user keeps etcd3's TLS setup, which Deno refuses for an IP
+    // address: the error says what to do.
+    const own = new Etcd3({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      credentials: { rootCertificate: Buffer.from(pki.ca) },
+      dialTimeout: 1000,
+      defaultCallOptions: { deadline: Date.now() + 2000 },
+    });
+    try {
+      await using wrapped = connect(own);
+      await assert.rejects(
+        wrapped.getPrefix("tls/"),
+        /Deno refuses an IP address as TLS server name, which etcd3's own TLS setup sends; let connect\(\{ hosts, tls \}\) make the client/,
+      );
+    } finally {
+      own.close();
+    }
     // https:// without tls.ca: the system's roots, which do not include the test CA.
     await using systemRoots = connect({ hosts: etcd.endpoint, dialTimeout: 1000 });
     await assert.rejects(

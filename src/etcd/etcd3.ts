@@ -336,6 +336,10 @@ class Etcd3Client implements EtcdClient {
         ? "etcd's server certificate is not signed by the CA given in tls.ca"
         : "etcd's server certificate is not signed by a CA this system trusts (give etcd's CA " +
           "as tls.ca)";
+    } else if (/servername' must not be an IP address/.test(text)) {
+      // Only an Etcd3 instance made by the user gets here: connect()'s own clients avoid it.
+      hint = "Deno refuses an IP address as TLS server name, which etcd3's own TLS setup sends; " +
+        "let connect({ hosts, tls }) make the client, or give etcd hosts by DNS name";
     } else if (/does not match certificate's altnames|ERR_TLS_CERT_ALTNAME/i.test(text)) {
       hint = "etcd's server certificate does not name the host as given in options.hosts";
     } else if (
