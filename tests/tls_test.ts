@@ -310,6 +310,47 @@ Deno.test("tls: http:// to an etcd serving TLS, or https:// to one serving plain
   }
 });
 
+Deno.test("tls: by IP address, a registration and a resolver recover over new TLS connections after a cut-off past the TTL", async () => {
+  const pki = await makePki();
+  try {
+    await using etcd = await startTlsEtcd(pki);
+    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
+    // The proxy forwards the TLS bytes untouched: the client handshakes with etcd through it.
+    await using proxy = new TcpProxy(etcd.endpoint.replace("https://localhost", "127.0.0.1"));
+    await using cutOff = connect({
+      hosts: proxy.endpoint.replace("http://", "https://"),
+      tls,
+      dialTimeout: 1000,
+    });
+    await using observer = connect({ hosts: etcd.endpoint, tls });
+    await using reg = await register(cutOff, "tls/svc", { addr: "10.0.0.1:1" }, {
+      ttl: 2,
+      onError: () => {},
+    });
+    const seen: string[] = [];
+    await using updates = resolve(cutOff, "tls/other", { onError: () => {} });
+    const read = (async () => {
+      for await (const batch of updates) for (const u of batch) seen.push(`${u.op} ${u.key}`);
+    })();
+    await proxy.cut();
+    await observer.put("tls/other/1", JSON.stringify({ Op: 0, Addr: "10.0.0.2:1" }));
+    await until(
+      "the lease expiring",
+      10_000,
+      async () => (await observer.get(reg.key)).kvs.length === 0,
+    );
+    proxy.restore();
+    await until("the key back", 10_000, async () => (await observer.get(reg.key)).kvs.length === 1);
+    await until("the resolver catching up", 10_000, () => seen.length === 1);
+    assert.deepEqual(seen, ["add tls/other/1"]);
+    await until("the registration's own view", 5000, () => reg.state === "registered");
+    await updates.return();
+    await read;
+  } finally {
+    await pki.close();
+  }
+});
+
 Deno.test("tls: the host a certificate must name is the target's, without port or brackets", () => {
   const cases: [string, string][] = [
     ["127.0.0.1:2379", "127.0.0.1"],
