@@ -251,8 +251,8 @@ class BalancedChannel implements grpc.ChannelInterface {
     this.#channelOptions = this.#secure
       ? {
         ...options.channelOptions,
-        // The name to verify comes from the caller, never from the registry value (whose
-        // address is often an IP, which grpc-js under Deno cannot verify anyway).
+        // The name to verify comes from the caller, never from the registry value (an address,
+        // often an IP, which Deno's node:tls would refuse as a TLS server name anyway).
         "grpc.ssl_target_name_override": options.serverName ?? service,
         "grpc.default_authority": options.serverName ?? service,
       }
