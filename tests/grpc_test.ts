@@ -250,6 +250,10 @@ Deno.test("grpc: bad input names the argument", async (t) => {
       /options.timeout must be a positive number of ms, got 0/,
     );
     await assert.rejects(
+      serve(server, client, SERVICE, { timeout: -5 }),
+      /options.timeout must be a positive number of ms, got -5/,
+    );
+    await assert.rejects(
       serve(server, client, SERVICE, { drainMs: -1 }),
       /options.drainMs must be a non-negative number of ms, got -1/,
     );

@@ -128,8 +128,10 @@ export async function serve(
   }
   const drainMs = checkMs(options.drainMs, "drainMs", 1000);
   const shutdownMs = checkMs(options.shutdownMs, "shutdownMs", 5000);
-  const timeout = checkMs(options.timeout, "timeout", 5000);
-  if (timeout === 0) throw new RangeError(`options.timeout must be a positive number of ms, got 0`);
+  const timeout = options.timeout ?? 5000;
+  if (typeof timeout !== "number" || !(timeout > 0) || !Number.isFinite(timeout)) {
+    throw new RangeError(`options.timeout must be a positive number of ms, got ${timeout}`);
+  }
   options.signal?.throwIfAborted();
 
   const health = new HealthImplementation({ "": "SERVING", [service]: "SERVING" });
