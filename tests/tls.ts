@@ -4,6 +4,9 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
+import * as grpc from "@grpc/grpc-js";
+import { Greeter } from "../examples/greeter.ts";
 import { findEtcd, findExecutable, Member } from "./etcd_server.ts";
 
 /** A certificate and its key, as PEM text, and the paths of their files. */
@@ -275,4 +278,73 @@ export async function startSecureEtcd(options: SecureEtcdOptions): Promise<Secur
 /** A single etcd member serving TLS on loopback and requiring client certificates. */
 export function startTlsEtcd(pki: TestPki): Promise<SecureEtcd> {
   return startSecureEtcd({ pki });
+}
+
+/** Server credentials presenting `issued`, requiring client certificates signed by `ca`. */
+export function serverCredentials(ca: string, issued: Issued): grpc.ServerCredentials {
+  return grpc.ServerCredentials.createSsl(Buffer.from(ca), [
+    { cert_chain: Buffer.from(issued.cert), private_key: Buffer.from(issued.key) },
+  ], true);
+}
+
+/** Channel credentials of a caller presenting `issued` (mutual TLS), trusting `ca`. */
+export function callerCredentials(ca: string, issued: Issued): grpc.ChannelCredentials {
+  return grpc.credentials.createSsl(
+    Buffer.from(ca),
+    Buffer.from(issued.key),
+    Buffer.from(issued.cert),
+  );
+}
+
+/** A greeter server that is not the service it will pose as in etcd. */
+export interface Impostor {
+  /** Its `127.0.0.1:port`. */
+  readonly addr: string;
+  /** How many calls reached it. */
+  readonly calls: number;
+  /** Stops it at once. */
+  close(): void;
+}
+
+/**
+ * Starts a greeter server on loopback with a real certificate from `pki`, for
+ * `dnsName`, answering every call as instance "rogue".
+ */
+export async function startImpostor(pki: TestPki, dnsName: string): Promise<Impostor> {
+  let calls = 0;
+  const server = new grpc.Server();
+  server.addService(Greeter.service, {
+    SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
+      calls++;
+      callback(null, { message: "gotcha", instance: "rogue" });
+    },
+  });
+  const credentials = serverCredentials(pki.ca, await pki.issue("rogue", [dnsName]));
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", credentials, (e, port) => e ? reject(e) : resolve(port))
+  );
+  return {
+    addr: `127.0.0.1:${port}`,
+    get calls() {
+      return calls;
+    },
+    close: () => server.forceShutdown(),
+  };
+}
+
+/** The README's RBAC commands: each service writes its own prefix and reads those it calls. */
+export async function grantService(
+  etcdctl: (...args: string[]) => Promise<string>,
+  user: string,
+  password: string,
+  writes: string | undefined,
+  reads: readonly string[],
+): Promise<void> {
+  await etcdctl("role", "add", user);
+  if (writes) await etcdctl("role", "grant-permission", user, "--prefix=true", "readwrite", writes);
+  for (const prefix of reads) {
+    await etcdctl("role", "grant-permission", user, "--prefix=true", "read", prefix);
+  }
+  await etcdctl("user", "add", `${user}:${password}`);
+  await etcdctl("user", "grant-role", user, user);
 }

@@ -21,10 +21,13 @@ import {
 import { dial, registerEtcdResolver } from "../grpc.ts";
 import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
 import {
-  type Issued,
+  callerCredentials,
+  grantService,
   makePki,
   ROOT_PASSWORD,
   type SecureEtcd,
+  serverCredentials,
+  startImpostor,
   startSecureEtcd,
   startTlsEtcd,
 } from "./tls.ts";
@@ -33,21 +36,6 @@ import { TcpProxy } from "./tcp_proxy.ts";
 import { sleep, until } from "./wait.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
-
-function serverCredentials(ca: string, issued: Issued): grpc.ServerCredentials {
-  return grpc.ServerCredentials.createSsl(Buffer.from(ca), [
-    { cert_chain: Buffer.from(issued.cert), private_key: Buffer.from(issued.key) },
-  ], true);
-}
-
-/** Channel credentials of a caller presenting `issued` (mutual TLS), trusting `ca`. */
-function callerCredentials(ca: string, issued: Issued): grpc.ChannelCredentials {
-  return grpc.credentials.createSsl(
-    Buffer.from(ca),
-    Buffer.from(issued.key),
-    Buffer.from(issued.cert),
-  );
-}
 
 /** Asserts that a call waiting for an instance gets no answer: none becomes READY. */
 async function assertNoAnswer(greeter: GreeterClient): Promise<void> {
@@ -442,23 +430,6 @@ Deno.test("auth: a wrong password, or none, fails at once saying so; the right o
   );
 });
 
-/** The README's RBAC commands: each service writes its own prefix and reads those it calls. */
-async function grantService(
-  etcdctl: (...args: string[]) => Promise<string>,
-  user: string,
-  password: string,
-  writes: string | undefined,
-  reads: readonly string[],
-): Promise<void> {
-  await etcdctl("role", "add", user);
-  if (writes) await etcdctl("role", "grant-permission", user, "--prefix=true", "readwrite", writes);
-  for (const prefix of reads) {
-    await etcdctl("role", "grant-permission", user, "--prefix=true", "read", prefix);
-  }
-  await etcdctl("user", "add", `${user}:${password}`);
-  await etcdctl("user", "grant-role", user, user);
-}
-
 Deno.test("rbac: a service writes only its own prefix, cannot revoke another's lease; a reader cannot register", async () => {
   await using etcd = await startSecureEtcd({ auth: true });
   await grantService(etcd.etcdctl, "svc-a", "pw-a", "a/", ["b/"]);
@@ -595,24 +566,9 @@ Deno.test("tls: a rogue entry pointing at a server with a certificate for anothe
       drainMs: 0,
     });
     // The rogue server holds a real certificate from the same CA, for another name.
-    let rogueCalls = 0;
-    const rogue = new grpc.Server();
-    rogue.addService(Greeter.service, {
-      SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
-        rogueCalls++;
-        callback(null, { message: "gotcha", instance: "rogue" });
-      },
-    });
-    const rogueCert = await pki.issue("rogue", ["rogue.internal"]);
-    const roguePort = await new Promise<number>((ok, fail) =>
-      rogue.bindAsync(
-        "127.0.0.1:0",
-        serverCredentials(pki.ca, rogueCert),
-        (e, port) => e ? fail(e) : ok(port),
-      )
-    );
+    const rogue = await startImpostor(pki, "rogue.internal");
+    const rogueAddr = rogue.addr;
     // Valid JSON, in the Go layout, under the service's prefix: etcd cannot tell it apart.
-    const rogueAddr = `127.0.0.1:${roguePort}`;
     await client.put(
       `${service}/${rogueAddr}`,
       JSON.stringify({ Op: 0, Addr: rogueAddr, Metadata: { name: "good" } }),
@@ -630,7 +586,7 @@ Deno.test("tls: a rogue entry pointing at a server with a certificate for anothe
         answers.set(instance, (answers.get(instance) ?? 0) + 1);
       }
       assert.deepEqual(Object.fromEntries(answers), { good: 50 });
-      assert.equal(rogueCalls, 0);
+      assert.equal(rogue.calls, 0);
       await until("a report on the rogue instance", 5000, () => errors.length > 0);
       const report = errors.find((e) => e.message.includes(rogueAddr));
       assert.ok(report, errors.map((e) => e.message).join("\n"));
@@ -642,7 +598,7 @@ Deno.test("tls: a rogue entry pointing at a server with a certificate for anothe
       );
     } finally {
       greeter.close();
-      rogue.forceShutdown();
+      rogue.close();
       await good.close();
     }
     // A service name that is not a DNS name needs an explicit serverName with TLS.
