@@ -55,7 +55,10 @@ export interface ConnectOptions {
   readonly auth?: { readonly username: string; readonly password: string };
   /**
    * TLS material: the CA that signed etcd's certificate, and a client certificate
-   * and key (both or neither). Each is PEM text, PEM bytes or a file path.
+   * and key (both or neither). Each is PEM text, PEM bytes or a file path, read
+   * and checked by `connect()`. Hosts may be DNS names or IP addresses; etcd's
+   * certificate must name each as given. Without `tls`, `https://` hosts are
+   * checked against the system's CAs.
    */
   readonly tls?: { readonly ca?: Pem; readonly cert?: Pem; readonly key?: Pem };
   /**
