@@ -290,6 +290,14 @@ async function closeAll(
   await Promise.all(group.clients.map((c) => c.close()));
 }
 
+const TEN =
+  "faults 10: repeated cut-offs leave watches and leases equal to what is live, and memory flat";
+// In the full run scenario 10 goes first: its criterion is resident memory growth relative to
+// the process's size when it starts, and the scenarios before it inflate that size (a run that
+// started at 476 MiB grew 7.3 %; scenario 10 alone, from 210 MiB, grew 21.5 %). Its quick check
+// (heap, 40 cycles) keeps its place.
+if (FULL) scenario(TEN, tenCutOffs);
+
 scenario("faults 1: 3 members, kill -9 a follower then the leader, restart both", async () => {
   await using cluster = await EtcdCluster.start(3);
   const service = "faults/one";
@@ -783,83 +791,82 @@ scenario(
   },
 );
 
-scenario(
-  "faults 10: repeated cut-offs leave watches and leases equal to what is live, and memory flat",
-  async () => {
-    const cycles = FULL ? 1000 : 40;
-    await using etcd = await startEtcd();
-    await using proxy = new TcpProxy(etcd.endpoint);
-    const service = "faults/ten";
-    const client = connect({ hosts: proxy.endpoint, dialTimeout: 500 });
-    const direct = connect({ hosts: etcd.endpoint });
-    const registrations = await Promise.all(
-      [1, 2, 3].map((i) =>
-        register(client, service, { addr: `10.10.0.${i}:50051` }, { ttl: 5, onError: () => {} })
-      ),
-    );
-    const observers = [new Observer(client, service), new Observer(client, `${service}-other`)];
-    const leasesHeld = async () => {
-      const res = await fetch(`${etcd.endpoint}/v3/lease/leases`, { method: "POST", body: "{}" });
-      return ((await res.json()).leases ?? []).length as number;
-    };
-    const memory = () => {
-      (globalThis as { gc?: () => void }).gc?.();
-      return Deno.memoryUsage();
-    };
-    try {
-      await converge([observers[0]!], direct, service, 5000);
-      const random = seeded(SEED + 10);
-      // Measured after a warm-up (a tenth of the cycles), so that JIT and pools are settled.
-      let start = memory();
-      // Resident memory at each quarter: a leak grows linearly, allocator slack levels off.
-      const quarters: number[] = [];
-      for (let cycle = 0; cycle < cycles; cycle++) {
-        if (cycle === Math.floor(cycles / 10)) start = memory();
-        if (cycle > 0 && cycle % Math.floor(cycles / 4) === 0) quarters.push(memory().rss);
-        await proxy.cut();
-        await sleep(20 + Math.floor(random() * 80));
-        proxy.restore();
-        await sleep(50 + Math.floor(random() * 100));
-      }
-      await converge([observers[0]!], direct, service, 10_000);
-      await assertHistory([observers[0]!], direct, service);
-      // One watch per live resolver service, one key watch per registration; one lease each.
-      await until(
-        "watches settle",
-        10_000,
-        async () =>
-          (await etcd.metric("etcd_debugging_mvcc_watcher_total")) ===
-            registrations.length + observers.length,
-      );
-      await until(
-        "leases settle",
-        10_000,
-        async () => (await leasesHeld()) === registrations.length,
-      );
-      const end = memory();
-      const rss = (end.rss - start.rss) / start.rss;
-      const heap = (end.heapUsed - start.heapUsed) / start.heapUsed;
-      console.log(
-        `${cycles} cut-offs: watches and leases equal the live ones; resident memory grew ` +
-          `${(rss * 100).toFixed(1)} %, heap ${(heap * 100).toFixed(1)} %; resident by quarter: ${
-            [...quarters, end.rss].map((r) => `${(r / 2 ** 20).toFixed(0)} MiB`).join(", ")
-          } (start ${(start.rss / 2 ** 20).toFixed(0)} MiB)`,
-      );
-      if (FULL) {
-        // The issue's criterion. Open: over 1,000 cycles this grows ~35 % (FAULTS.md).
-        assert.ok(rss < 0.10, `resident memory grew ${(rss * 100).toFixed(1)} %`);
-      } else {
-        // Over 40 cycles resident memory is too noisy (4–11 %); the JS heap is not.
-        assert.ok(heap < 0.10, `heap grew ${(heap * 100).toFixed(1)} %`);
-      }
-    } finally {
-      await Promise.all(observers.map((o) => o.close()));
-      await Promise.all(registrations.map((r) => r.close()));
-      await client.close();
-      await direct.close();
+if (!FULL) scenario(TEN, tenCutOffs);
+
+async function tenCutOffs(): Promise<void> {
+  const cycles = FULL ? 1000 : 40;
+  await using etcd = await startEtcd();
+  await using proxy = new TcpProxy(etcd.endpoint);
+  const service = "faults/ten";
+  const client = connect({ hosts: proxy.endpoint, dialTimeout: 500 });
+  const direct = connect({ hosts: etcd.endpoint });
+  const registrations = await Promise.all(
+    [1, 2, 3].map((i) =>
+      register(client, service, { addr: `10.10.0.${i}:50051` }, { ttl: 5, onError: () => {} })
+    ),
+  );
+  const observers = [new Observer(client, service), new Observer(client, `${service}-other`)];
+  const leasesHeld = async () => {
+    const res = await fetch(`${etcd.endpoint}/v3/lease/leases`, { method: "POST", body: "{}" });
+    return ((await res.json()).leases ?? []).length as number;
+  };
+  const memory = () => {
+    (globalThis as { gc?: () => void }).gc?.();
+    return Deno.memoryUsage();
+  };
+  try {
+    await converge([observers[0]!], direct, service, 5000);
+    const random = seeded(SEED + 10);
+    // Measured after a warm-up (a tenth of the cycles), so that JIT and pools are settled.
+    let start = memory();
+    // Resident memory at each quarter: a leak grows linearly, allocator slack levels off.
+    const quarters: number[] = [];
+    for (let cycle = 0; cycle < cycles; cycle++) {
+      if (cycle === Math.floor(cycles / 10)) start = memory();
+      if (cycle > 0 && cycle % Math.floor(cycles / 4) === 0) quarters.push(memory().rss);
+      await proxy.cut();
+      await sleep(20 + Math.floor(random() * 80));
+      proxy.restore();
+      await sleep(50 + Math.floor(random() * 100));
     }
-  },
-);
+    await converge([observers[0]!], direct, service, 10_000);
+    await assertHistory([observers[0]!], direct, service);
+    // One watch per live resolver service, one key watch per registration; one lease each.
+    await until(
+      "watches settle",
+      10_000,
+      async () =>
+        (await etcd.metric("etcd_debugging_mvcc_watcher_total")) ===
+          registrations.length + observers.length,
+    );
+    await until(
+      "leases settle",
+      10_000,
+      async () => (await leasesHeld()) === registrations.length,
+    );
+    const end = memory();
+    const rss = (end.rss - start.rss) / start.rss;
+    const heap = (end.heapUsed - start.heapUsed) / start.heapUsed;
+    console.log(
+      `${cycles} cut-offs: watches and leases equal the live ones; resident memory grew ` +
+        `${(rss * 100).toFixed(1)} %, heap ${(heap * 100).toFixed(1)} %; resident by quarter: ${
+          [...quarters, end.rss].map((r) => `${(r / 2 ** 20).toFixed(0)} MiB`).join(", ")
+        } (start ${(start.rss / 2 ** 20).toFixed(0)} MiB)`,
+    );
+    if (FULL) {
+      // The issue's criterion. Open: over 1,000 cycles this grows ~35 % (FAULTS.md).
+      assert.ok(rss < 0.10, `resident memory grew ${(rss * 100).toFixed(1)} %`);
+    } else {
+      // Over 40 cycles resident memory is too noisy (4–11 %); the JS heap is not.
+      assert.ok(heap < 0.10, `heap grew ${(heap * 100).toFixed(1)} %`);
+    }
+  } finally {
+    await Promise.all(observers.map((o) => o.close()));
+    await Promise.all(registrations.map((r) => r.close()));
+    await client.close();
+    await direct.close();
+  }
+}
 
 scenario(
   "faults 4b: a client's connection blackholed past the TTL recovers once traffic flows",
