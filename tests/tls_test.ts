@@ -31,7 +31,7 @@ import {
   startSecureEtcd,
   startTlsEtcd,
 } from "./tls.ts";
-import { targetHost } from "../src/etcd/tls.ts";
+import { targetHost, uriPath } from "../src/etcd/tls.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { sleep, until } from "./wait.ts";
 
@@ -339,7 +339,7 @@ Deno.test("tls: by IP address, a registration and a resolver recover over new TL
   }
 });
 
-Deno.test("tls: the host a certificate must name is the target's, without port or brackets", () => {
+Deno.test("tls: the host a certificate must name is the target's (or a proxy's real target's), without port or brackets", () => {
   const cases: [string, string][] = [
     ["127.0.0.1:2379", "127.0.0.1"],
     ["etcd-1.internal:2379", "etcd-1.internal"],
@@ -350,6 +350,14 @@ Deno.test("tls: the host a certificate must name is the target's, without port o
     ["/etcd-1.internal:2379", "etcd-1.internal"],
   ];
   for (const [target, host] of cases) assert.equal(targetHost(target), host, target);
+  // Through a proxy, grpc-js passes the real target as a URI (`uriToString` of the target).
+  const proxied: [string, string][] = [
+    ["dns:127.0.0.1:2379", "127.0.0.1"],
+    ["dns:[::1]:2379", "::1"],
+    ["dns:///etcd-1.internal:2379", "etcd-1.internal"],
+    ["dns://8.8.8.8/etcd-1.internal:2379", "etcd-1.internal"],
+  ];
+  for (const [uri, host] of proxied) assert.equal(targetHost(uriPath(uri)), host, uri);
 });
 
 Deno.test("tls and auth together: client certificate and password", async () => {

@@ -46,13 +46,22 @@ export function targetHost(hostPort: string): string {
   return colon >= 0 && colon === address.lastIndexOf(":") ? address.slice(0, colon) : address;
 }
 
+/**
+ * The path of a URI as grpc-js writes one (`scheme:[//authority/]path`), such
+ * as the `grpc.http_connect_target` it sets when it goes through a proxy.
+ */
+export function uriPath(uri: string): string {
+  const match = /^[A-Za-z][A-Za-z0-9+.-]*:(?:\/\/[^/]*\/)?(.*)$/.exec(uri);
+  return match ? match[1]! : uri;
+}
+
 /** The name a channel checks the server's certificate against. */
 function serverName(target: ChannelTarget, options: grpc.ChannelOptions): string {
   const override = options["grpc.ssl_target_name_override"];
   if (typeof override === "string" && override !== "") return override;
   // Through an HTTP CONNECT proxy the channel's target is the proxy; the server is this one.
   const proxied = options["grpc.http_connect_target"];
-  return targetHost(typeof proxied === "string" ? proxied : target.path);
+  return targetHost(typeof proxied === "string" ? uriPath(proxied) : target.path);
 }
 
 /** Channel credentials for TLS to etcd (see the module documentation). */
