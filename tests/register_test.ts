@@ -335,3 +335,23 @@ Deno.test("register() goes on when onError or onStateChange throws", async () =>
   assert.equal(reg.state, "registered");
   assert.ok(calls >= 3, `handlers called ${calls} times`);
 });
+
+Deno.test("register() leaves a value someone else wrote until it must put the key again, then writes its own", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  await using other = etcd.client();
+  await using reg = await register(client, "svc/a", { addr: "a:1", metadata: { weight: 1 } }, {
+    ttl: 10,
+    onError: () => {},
+  });
+  const value = async () => new TextDecoder().decode((await other.get(reg.key)).kvs[0]!.value);
+  const own = await value();
+  const edited = '{"Op":0,"Addr":"a:1","Metadata":{"weight":3}}';
+  await other.put(reg.key, edited, reg.lease);
+  await clock.tick(30_000); // renewals go on; nothing puts the key
+  assert.equal(await value(), edited);
+  await other.revokeLease(reg.lease); // the key goes with the lease
+  await clock.tick(3000);
+  assert.equal(await value(), own);
+});
