@@ -438,6 +438,21 @@ Deno.test("auth: a wrong password, or none, fails at once saying so; the right o
   );
 });
 
+Deno.test("rbac: the README's etcdctl commands are the ones the tests run", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const documented = readme.split("\n")
+    .filter((line) => line.startsWith("etcdctl --user root:ROOT_PASSWORD "))
+    .map((line) => line.slice("etcdctl --user root:ROOT_PASSWORD ".length));
+  const run: string[] = [];
+  const record = (...args: string[]) => {
+    run.push(args.join(" "));
+    return Promise.resolve("");
+  };
+  await grantService(record, "svc-a", "A_PASSWORD", "a/", ["b/"]);
+  await grantService(record, "reader", "R_PASSWORD", undefined, ["a/"]);
+  assert.deepEqual(documented, run);
+});
+
 Deno.test("rbac: a service writes only its own prefix, cannot revoke another's lease; a reader cannot register", async () => {
   await using etcd = await startSecureEtcd({ auth: true });
   await grantService(etcd.etcdctl, "svc-a", "pw-a", "a/", ["b/"]);
