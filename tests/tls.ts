@@ -262,10 +262,7 @@ export async function startSecureEtcd(options: SecureEtcdOptions): Promise<Secur
       }
     }
     if (auth) {
-      await etcdctl("user", "add", `root:${ROOT_PASSWORD}`);
-      await etcdctl("role", "add", "root");
-      await etcdctl("user", "grant-role", "root", "root");
-      await etcdctl("auth", "enable");
+      await enableAuth(etcdctl, ROOT_PASSWORD);
       asRoot = true;
     }
   } catch (error) {
@@ -330,6 +327,17 @@ export async function startImpostor(pki: TestPki, dnsName: string): Promise<Impo
     },
     close: () => server.forceShutdown(),
   };
+}
+
+/** The README's commands that turn auth on, with a root user. */
+export async function enableAuth(
+  etcdctl: (...args: string[]) => Promise<string>,
+  rootPassword: string,
+): Promise<void> {
+  await etcdctl("user", "add", `root:${rootPassword}`);
+  await etcdctl("role", "add", "root");
+  await etcdctl("user", "grant-role", "root", "root");
+  await etcdctl("auth", "enable");
 }
 
 /** The README's RBAC commands: each service writes its own prefix and reads those it calls. */

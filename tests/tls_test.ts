@@ -22,6 +22,7 @@ import { dial, registerEtcdResolver } from "../grpc.ts";
 import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
 import {
   callerCredentials,
+  enableAuth,
   grantService,
   makePki,
   ROOT_PASSWORD,
@@ -438,16 +439,21 @@ Deno.test("auth: a wrong password, or none, fails at once saying so; the right o
   );
 });
 
-Deno.test("rbac: the README's etcdctl commands are the ones the tests run", async () => {
+Deno.test("rbac: the README's etcdctl commands (auth on, then roles) are the ones the tests run", async () => {
   const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
-  const documented = readme.split("\n")
-    .filter((line) => line.startsWith("etcdctl --user root:ROOT_PASSWORD "))
-    .map((line) => line.slice("etcdctl --user root:ROOT_PASSWORD ".length));
+  const lines = readme.split("\n");
+  const asRoot = "etcdctl --user root:ROOT_PASSWORD ";
+  const documented = [
+    ...lines.filter((line) => line.startsWith("etcdctl ") && !line.startsWith(asRoot))
+      .map((line) => line.slice("etcdctl ".length)),
+    ...lines.filter((line) => line.startsWith(asRoot)).map((line) => line.slice(asRoot.length)),
+  ];
   const run: string[] = [];
   const record = (...args: string[]) => {
     run.push(args.join(" "));
     return Promise.resolve("");
   };
+  await enableAuth(record, "ROOT_PASSWORD");
   await grantService(record, "svc-a", "A_PASSWORD", "a/", ["b/"]);
   await grantService(record, "reader", "R_PASSWORD", undefined, ["a/"]);
   assert.deepEqual(documented, run);
