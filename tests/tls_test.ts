@@ -639,6 +639,15 @@ Deno.test("tls: a rogue entry pointing at a server with a certificate for anothe
       () => dial(client, service, Greeter, { serverName: "bad name" }),
       /options\.serverName must be a DNS name, got "bad name"/,
     );
+    // With TLS, the name comes from serverName alone: a channel option cannot slip another in.
+    assert.throws(
+      () =>
+        dial(client, service, Greeter, {
+          credentials: grpc.credentials.createSsl(),
+          channelOptions: { "grpc.ssl_target_name_override": "rogue.internal" },
+        }),
+      /options\.channelOptions\["grpc\.ssl_target_name_override"\] is set by dial\(\) with TLS credentials; give options\.serverName instead, got "rogue\.internal"/,
+    );
   } finally {
     await pki.close();
   }

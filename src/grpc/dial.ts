@@ -41,7 +41,11 @@ export interface DialOptions {
   readonly serverName?: string;
   /** Builds the per-call picker over the READY instances. Default {@linkcode roundRobin}. */
   readonly balancer?: Balancer;
-  /** grpc-js options for each per-instance channel. */
+  /**
+   * grpc-js options for each per-instance channel. With TLS credentials, the
+   * server name options (`grpc.ssl_target_name_override`,
+   * `grpc.default_authority`) are refused: use `serverName`.
+   */
   readonly channelOptions?: grpc.ChannelOptions;
   /** Closes the client when aborted. */
   readonly signal?: AbortSignal;
@@ -574,6 +578,18 @@ export function dial<C extends grpc.Client>(
         JSON.stringify(service)
       } is not a DNS name that the instances' certificates could carry`,
     );
+  }
+  if (options.credentials?._isSecure()) {
+    for (const name of ["grpc.ssl_target_name_override", "grpc.default_authority"]) {
+      if (options.channelOptions?.[name] !== undefined) {
+        throw new TypeError(
+          `options.channelOptions[${
+            JSON.stringify(name)
+          }] is set by dial() with TLS credentials; ` +
+            `give options.serverName instead, got ${JSON.stringify(options.channelOptions[name])}`,
+        );
+      }
+    }
   }
   options.signal?.throwIfAborted();
   const channel = new BalancedChannel(client, service, options);
