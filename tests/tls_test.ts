@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import { X509Certificate } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { Etcd3 } from "etcd3";
 import {
@@ -33,6 +34,7 @@ import {
   startTlsEtcd,
 } from "./tls.ts";
 import { targetHost, uriPath } from "../src/etcd/tls.ts";
+import { clientCertProblem } from "../src/etcd/etcd3.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { sleep, until } from "./wait.ts";
 
@@ -135,12 +137,12 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
       [
         "a client certificate from another CA",
         { ca: pki.ca, cert: other.clientCert, key: other.clientKey },
-        /etcd rejected the client certificate/,
+        /etcd rejected the client certificate: the one in tls\.cert \(CN=client\) was not issued by the CA in tls\.ca; etcd must trust its issuer/,
       ],
       [
         "an expired client certificate",
         { ca: pki.ca, cert: expired.cert, key: expired.key },
-        /etcd rejected the client certificate .*expired/,
+        /etcd rejected the client certificate: the one in tls\.cert \(CN=expired\) expired on 2020-01-03T00:00:00\.000Z/,
       ],
       [
         "a CA that did not sign etcd's certificate",
@@ -337,6 +339,34 @@ Deno.test("tls: by IP address, a registration and a resolver recover over new TL
     await read;
   } finally {
     await pki.close();
+  }
+});
+
+Deno.test("tls: what is wrong with a client certificate, as far as the client can tell", async () => {
+  const pki = await makePki();
+  const other = await makePki();
+  try {
+    const client = new X509Certificate(pki.clientCert);
+    const cas = [new X509Certificate(other.ca), new X509Certificate(pki.ca)];
+    const from = Date.parse(client.validFrom);
+    const to = Date.parse(client.validTo);
+    assert.equal(clientCertProblem(client, cas, from + 1000), undefined);
+    assert.equal(clientCertProblem(client, [], from + 1000), undefined, "no CA given: no opinion");
+    assert.equal(
+      clientCertProblem(client, cas, from - 1000),
+      `the one in tls.cert (CN=client) is not valid until ${new Date(from).toISOString()}`,
+    );
+    assert.equal(
+      clientCertProblem(client, cas, to + 1000),
+      `the one in tls.cert (CN=client) expired on ${new Date(to).toISOString()}`,
+    );
+    assert.match(
+      clientCertProblem(client, [new X509Certificate(other.ca)], from + 1000)!,
+      /was not issued by the CA in tls\.ca/,
+    );
+  } finally {
+    await pki.close();
+    await other.close();
   }
 });
 

@@ -173,6 +173,8 @@ interface TlsMode {
   readonly secure: boolean;
   readonly ca: boolean;
   readonly clientCert: boolean;
+  /** What is wrong with the client certificate, as far as this process can tell. */
+  readonly clientCertProblem?: () => string | undefined;
 }
 
 /** How long a host whose stream hung or failed goes to the back of the line, in ms. */
@@ -360,8 +362,11 @@ class Etcd3Client implements EtcdClient {
       hint = "etcd closed the TLS connection; it may require a client certificate " +
         "(tls.cert and tls.key were not given)";
     } else if (aborted && this.#tls.clientCert) {
-      hint = "etcd rejected the client certificate or closed the TLS connection " +
-        "(expired, or not signed by a CA etcd trusts)";
+      const problem = this.#tls.clientCertProblem?.();
+      hint = problem
+        ? `etcd rejected the client certificate: ${problem}`
+        : "etcd rejected the client certificate or closed the TLS connection " +
+          "(expired, or not signed by a CA etcd trusts)";
     }
     const explained = error instanceof EtcdAuthenticationFailedError
       ? new AuthenticationError(this.#user ?? "", { cause: error })
@@ -586,28 +591,58 @@ function parsed<T>(what: string, parse: () => T): T {
  * at the first handshake, and obscurely ("unsupported protocol" for a key that
  * does not match its certificate).
  */
-function checkTlsMaterial(ca?: Buffer, key?: Buffer, cert?: Buffer): void {
+function checkTlsMaterial(
+  ca?: Buffer,
+  key?: Buffer,
+  cert?: Buffer,
+): { cas: X509Certificate[]; certificate?: X509Certificate } {
+  const cas: X509Certificate[] = [];
   if (ca) {
     const blocks = ca.toString("latin1").match(CERTIFICATE) ?? [];
     if (blocks.length === 0) throw new TypeError("options.tls.ca holds no PEM certificate");
     blocks.forEach((block, i) =>
-      parsed(
+      cas.push(parsed(
         `options.tls.ca (certificate ${i + 1} of ${blocks.length})`,
         () => new X509Certificate(block),
-      )
+      ))
     );
   }
-  if (key && cert) {
-    const privateKey = parsed("options.tls.key", () => createPrivateKey(key));
-    const first = cert.toString("latin1").match(CERTIFICATE)?.[0];
-    if (!first) throw new TypeError("options.tls.cert holds no PEM certificate");
-    const certificate = parsed("options.tls.cert", () => new X509Certificate(first));
-    if (!certificate.checkPrivateKey(privateKey)) {
-      throw new TypeError(
-        `options.tls.key is not the key of options.tls.cert (${certificate.subject})`,
-      );
-    }
+  if (!key || !cert) return { cas };
+  const privateKey = parsed("options.tls.key", () => createPrivateKey(key));
+  const first = cert.toString("latin1").match(CERTIFICATE)?.[0];
+  if (!first) throw new TypeError("options.tls.cert holds no PEM certificate");
+  const certificate = parsed("options.tls.cert", () => new X509Certificate(first));
+  if (!certificate.checkPrivateKey(privateKey)) {
+    throw new TypeError(
+      `options.tls.key is not the key of options.tls.cert (${certificate.subject})`,
+    );
   }
+  return { cas, certificate };
+}
+
+/**
+ * What this process can tell is wrong with the client certificate when etcd
+ * rejects it: out of its dates, or not issued by the CA in `tls.ca` (which
+ * etcd usually trusts for clients too). `undefined` when neither.
+ */
+export function clientCertProblem(
+  certificate: X509Certificate,
+  cas: readonly X509Certificate[],
+  now: number = Date.now(),
+): string | undefined {
+  const which = `the one in tls.cert (${certificate.subject.replaceAll("\n", ", ")})`;
+  const from = Date.parse(certificate.validFrom);
+  const to = Date.parse(certificate.validTo);
+  if (to < now) return `${which} expired on ${new Date(to).toISOString()}`;
+  if (from > now) return `${which} is not valid until ${new Date(from).toISOString()}`;
+  if (
+    cas.length > 0 &&
+    !cas.some((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey))
+  ) {
+    return `${which} was not issued by the CA in tls.ca; etcd must trust its issuer ` +
+      "(--trusted-ca-file)";
+  }
+  return undefined;
 }
 
 /**
@@ -700,9 +735,11 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
   }
   const secure = tls !== undefined || hosts.some((host) => host.startsWith("https://"));
   let credentials: EtcdTlsCredentials | undefined;
+  let clientCert: (() => string | undefined) | undefined;
   if (secure) {
     const [ca, key, cert] = [pem("ca", tls?.ca), pem("key", tls?.key), pem("cert", tls?.cert)];
-    checkTlsMaterial(ca, key, cert);
+    const { cas, certificate } = checkTlsMaterial(ca, key, cert);
+    if (certificate) clientCert = () => clientCertProblem(certificate, cas);
     credentials = new EtcdTlsCredentials(ca, key, cert);
   }
   const etcd = new Etcd3({
@@ -731,6 +768,11 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
     },
   });
   if (credentials) useCredentials(etcd, credentials);
-  const tlsMode = { secure, ca: tls?.ca !== undefined, clientCert: tls?.cert !== undefined };
+  const tlsMode = {
+    secure,
+    ca: tls?.ca !== undefined,
+    clientCert: tls?.cert !== undefined,
+    clientCertProblem: clientCert,
+  };
   return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username);
 }
