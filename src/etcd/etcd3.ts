@@ -577,6 +577,11 @@ function pem(name: string, value: Pem | undefined): Buffer | undefined {
   return bytes;
 }
 
+/** A certificate's subject on one line (`CN=client`, `O=acme, CN=client`). */
+function subject(certificate: X509Certificate): string {
+  return certificate.subject.replaceAll("\n", ", ");
+}
+
 /** Runs `parse`, or throws a TypeError saying that `what` cannot be read, and why. */
 function parsed<T>(what: string, parse: () => T): T {
   try {
@@ -614,7 +619,7 @@ function checkTlsMaterial(
   const certificate = parsed("options.tls.cert", () => new X509Certificate(first));
   if (!certificate.checkPrivateKey(privateKey)) {
     throw new TypeError(
-      `options.tls.key is not the key of options.tls.cert (${certificate.subject})`,
+      `options.tls.key is not the key of options.tls.cert (${subject(certificate)})`,
     );
   }
   return { cas, certificate };
@@ -630,7 +635,7 @@ export function clientCertProblem(
   cas: readonly X509Certificate[],
   now: number = Date.now(),
 ): string | undefined {
-  const which = `the one in tls.cert (${certificate.subject.replaceAll("\n", ", ")})`;
+  const which = `the one in tls.cert (${subject(certificate)})`;
   const from = Date.parse(certificate.validFrom);
   const to = Date.parse(certificate.validTo);
   if (to < now) return `${which} expired on ${new Date(to).toISOString()}`;
