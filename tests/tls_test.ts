@@ -403,6 +403,13 @@ Deno.test("tls and auth together: client certificate and password", async () => 
     });
     await using reg = await register(a, "both", { addr: "10.0.0.1:1" });
     assert.equal(reg.state, "registered");
+    // By IP address too: etcd3 authenticates over the same TLS credentials as its calls.
+    await using byAddress = connect({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      tls,
+      auth: { username: "root", password: ROOT_PASSWORD },
+    });
+    assert.equal((await byAddress.get(reg.key)).kvs[0]?.lease, reg.lease);
     await using wrong = connect({
       hosts: etcd.endpoint,
       tls,
