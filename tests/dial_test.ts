@@ -7,8 +7,9 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
-import { connect, consistentHash, type EtcdClient, weightedRoundRobin } from "../mod.ts";
+import { connect, consistentHash, type EtcdClient, register, weightedRoundRobin } from "../mod.ts";
 import { dial, serve, type Serving } from "../grpc.ts";
+import { healthCodec } from "../src/grpc/dial.ts";
 import {
   Greeter,
   type GreeterClient,
@@ -18,7 +19,7 @@ import {
 } from "../examples/greeter.ts";
 import { startEtcd } from "./etcd_server.ts";
 import { untilAllAnswer } from "./load.ts";
-import { sleep } from "./wait.ts";
+import { sleep, until } from "./wait.ts";
 
 const SERVICE = "svc/dialed";
 
@@ -282,4 +283,110 @@ Deno.test("dial: server-streaming and bidi calls run whole on the instance picke
     streams.close();
     await Promise.all(instances.map((i) => i.close()));
   }
+});
+
+/** Which instances answer `calls` calls, and how often. */
+async function answers(greeter: GreeterClient, calls: number): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (let i = 0; i < calls; i++) {
+    const { instance } = await sayHello(greeter, { name: "x" });
+    counts[instance] = (counts[instance] ?? 0) + 1;
+  }
+  return counts;
+}
+
+Deno.test("dial: with healthCheck, an instance reporting NOT_SERVING gets no calls until it serves again", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  await using a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
+  await using b = await startGreeter(client, SERVICE, "b", { drainMs: 0 });
+  const errors: string[] = [];
+  const checked = dial(client, SERVICE, Greeter, {
+    healthCheck: { serviceName: SERVICE },
+    onError: (e) => errors.push(e.message),
+  });
+  const unchecked = dial(client, SERVICE, Greeter);
+  try {
+    await untilAllAnswer(checked, 2);
+    await untilAllAnswer(unchecked, 2);
+
+    a.setHealth("NOT_SERVING");
+    await until("the report on a", 2000, () => errors.some((e) => e.includes(a.addr)));
+    assert.deepEqual(await answers(checked, 20), { b: 20 });
+    assert.deepEqual(await answers(unchecked, 20), { a: 10, b: 10 }, "without the option");
+    assert.match(
+      errors.find((e) => e.includes(a.addr))!,
+      new RegExp(`gets no calls: its health service reports NOT_SERVING for "svc/dialed"`),
+    );
+
+    a.setHealth("SERVING");
+    await untilAllAnswer(checked, 2, 2000);
+
+    // None serving: a plain call fails fast, a waitForReady call waits for one to serve again.
+    a.setHealth("NOT_SERVING");
+    b.setHealth("NOT_SERVING");
+    await sleep(200);
+    await assert.rejects(
+      sayHello(checked, { name: "x" }),
+      (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE,
+    );
+    const waiting = sayHello(checked, { name: "x" }, { waitForReady: true });
+    await sleep(300);
+    b.setHealth("SERVING");
+    assert.equal((await waiting).instance, "b");
+  } finally {
+    checked.close();
+    unchecked.close();
+  }
+});
+
+Deno.test("dial: with healthCheck, an instance without the health service is used, and reported once", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  // A bare grpc-js server: the greeter only, no grpc.health.v1.
+  const server = new grpc.Server();
+  server.addService(Greeter.service, {
+    SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
+      callback(null, { message: "hi", instance: "bare" });
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (e, p) => e ? reject(e) : resolve(p),
+    )
+  );
+  await using _registration = await register(client, SERVICE, { addr: `127.0.0.1:${port}` });
+  const errors: string[] = [];
+  const greeter = dial(client, SERVICE, Greeter, {
+    healthCheck: { serviceName: "" },
+    onError: (e) => errors.push(e.message),
+  });
+  try {
+    assert.deepEqual(await answers(greeter, 5), { bare: 5 });
+    await until("the report", 2000, () => errors.length > 0);
+    assert.deepEqual(errors, [
+      `instance 127.0.0.1:${port} ("${SERVICE}/127.0.0.1:${port}") does not implement grpc.health.v1 Watch: used without health checks`,
+    ]);
+  } finally {
+    greeter.close();
+    server.forceShutdown();
+  }
+});
+
+Deno.test("dial: the health messages' encoding", () => {
+  assert.deepEqual([...healthCodec.request("")], []);
+  assert.deepEqual([...healthCodec.request("svc")], [0x0a, 3, 0x73, 0x76, 0x63]);
+  assert.deepEqual([...healthCodec.request("x".repeat(200)).subarray(0, 3)], [0x0a, 0xc8, 0x01]);
+  assert.deepEqual(healthCodec.response(new Uint8Array([])), { status: 0 });
+  assert.deepEqual(healthCodec.response(new Uint8Array([0x08, 0x02])), { status: 2 });
+  // Unknown fields of every wire type are skipped.
+  assert.deepEqual(
+    healthCodec.response(
+      new Uint8Array([0x10, 0x05, 0x1a, 0x02, 0x61, 0x62, 0x25, 1, 2, 3, 4, 0x08, 0x01]),
+    ),
+    { status: 1 },
+  );
+  assert.throws(() => healthCodec.response(new Uint8Array([0x08, 0x80])), /malformed varint/);
 });

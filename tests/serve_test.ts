@@ -28,6 +28,10 @@ Deno.test("serve: aborting the signal deregisters and stops the server", async (
   try {
     assert.equal((await sayHello(greeter, { name: "x" })).instance, "a");
     assert.equal((await client.getPrefix(`${SERVICE}/`)).kvs.length, 1);
+    assert.throws(
+      () => serving.setHealth("DOWN" as never),
+      /status must be "SERVING" or "NOT_SERVING", got DOWN/,
+    );
     stop.abort();
     await serving.close(); // the close the signal started
     assert.deepEqual((await client.getPrefix(`${SERVICE}/`)).kvs, []);

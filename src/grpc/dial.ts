@@ -13,7 +13,9 @@
  *
  * @module
  */
+import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
+import { backoff } from "../backoff.ts";
 import { checkService, type Endpoint } from "../endpoint.ts";
 import type { EtcdClient } from "../etcd/client.ts";
 import type { Balancer, Picker, PickInfo } from "../balancers/balancer.ts";
@@ -39,6 +41,14 @@ export interface DialOptions {
    * entry pointing at a server without a certificate for this name gets no calls.
    */
   readonly serverName?: string;
+  /**
+   * Client-side health checking (as gRPC's `healthCheckConfig`): each connected
+   * instance is watched through `grpc.health.v1.Health/Watch` for `serviceName`
+   * (`""`: the server as a whole), and gets calls only while it reports
+   * SERVING. An instance that does not implement the health service is used
+   * as if it were SERVING, and reported once to `onError`. Default: off.
+   */
+  readonly healthCheck?: { readonly serviceName: string };
   /** Builds the per-call picker over the READY instances. Default {@linkcode roundRobin}. */
   readonly balancer?: Balancer;
   /**
@@ -71,7 +81,83 @@ interface Entry {
   inflight: number;
   removed: boolean;
   closed: boolean;
+  /**
+   * What the instance's health service says (`unchecked`: no health checking,
+   * or the instance does not implement it; `pending`: no answer yet).
+   */
+  health: "unchecked" | "pending" | "serving" | "not-serving";
+  /** The running health Watch, and the timer of its next attempt. */
+  healthWatch?: grpc.ClientReadableStream<HealthResponse>;
+  healthRetry?: ReturnType<typeof setTimeout>;
+  healthAttempt: number;
 }
+
+/** A `grpc.health.v1.HealthCheckResponse`: 0 UNKNOWN, 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN. */
+interface HealthResponse {
+  readonly status: number;
+}
+
+/** Reads a protobuf varint at `at`; returns it and the offset after it. */
+function varint(bytes: Uint8Array, at: number): [number, number] {
+  let value = 0;
+  for (let shift = 0; at < bytes.length && shift < 35; shift += 7) {
+    const byte = bytes[at++]!;
+    value += (byte & 0x7f) * 2 ** shift;
+    if (byte < 0x80) return [value, at];
+  }
+  throw new Error("malformed varint");
+}
+
+/**
+ * The health service's two messages, encoded by hand (one string field out,
+ * one enum field in) rather than loading its `.proto` for every client.
+ */
+export const healthCodec = {
+  request(service: string): Buffer {
+    const text = Buffer.from(service, "utf8");
+    if (text.length === 0) return Buffer.alloc(0);
+    const length: number[] = [];
+    for (let n = text.length;; n = Math.floor(n / 128)) {
+      if (n < 128) {
+        length.push(n);
+        break;
+      }
+      length.push((n % 128) | 0x80);
+    }
+    return Buffer.concat([Buffer.from([0x0a, ...length]), text]);
+  },
+  response(bytes: Uint8Array): HealthResponse {
+    let status = 0;
+    for (let at = 0; at < bytes.length;) {
+      const [tag, next] = varint(bytes, at);
+      at = next;
+      const wire = tag & 7;
+      if (wire === 0) {
+        const [value, after] = varint(bytes, at);
+        if (tag >>> 3 === 1) status = value;
+        at = after;
+      } else if (wire === 2) {
+        const [length, after] = varint(bytes, at);
+        at = after + length;
+      } else if (wire === 1) at += 8;
+      else if (wire === 5) at += 4;
+      else throw new Error(`unsupported wire type ${wire}`);
+    }
+    return { status };
+  },
+};
+
+const HealthClient = grpc.makeGenericClientConstructor({
+  Watch: {
+    path: "/grpc.health.v1.Health/Watch",
+    requestStream: false,
+    responseStream: true,
+    requestSerialize: (service: string) => healthCodec.request(service),
+    requestDeserialize: (bytes: Buffer) => bytes.toString(),
+    responseSerialize: () => Buffer.alloc(0),
+    responseDeserialize: (bytes: Buffer) => healthCodec.response(bytes),
+  },
+}, "Health");
 
 let callNumbers = 0;
 
@@ -244,6 +330,8 @@ class BalancedChannel implements grpc.ChannelInterface {
   #state: State = CONNECTING;
   readonly #signal: AbortSignal | undefined;
   readonly #onAbort = () => this.close();
+  /** The service name health checks watch, or `undefined` when they are off. */
+  readonly #healthService: string | undefined;
 
   constructor(client: EtcdClient, service: string, options: DialOptions) {
     this.#signal = options.signal;
@@ -261,6 +349,7 @@ class BalancedChannel implements grpc.ChannelInterface {
         "grpc.default_authority": options.serverName ?? service,
       }
       : options.channelOptions ?? {};
+    this.#healthService = options.healthCheck?.serviceName;
     this.#balancer = options.balancer ?? roundRobin;
     this.#onError = options.onError ??
       ((error) => console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`));
@@ -301,6 +390,8 @@ class BalancedChannel implements grpc.ChannelInterface {
       inflight: 0,
       removed: false,
       closed: false,
+      health: "unchecked",
+      healthAttempt: 0,
     };
     this.#entries.set(key, entry);
     this.#byEndpoint.set(endpoint, entry);
@@ -315,10 +406,90 @@ class BalancedChannel implements grpc.ChannelInterface {
     if (state !== entry.state) {
       entry.state = state;
       if (state === TRANSIENT_FAILURE && this.#secure) this.#explainFailure(entry);
+      if (state === READY) this.#startHealth(entry);
+      else this.#stopHealth(entry);
       this.#rebuild();
     }
     if (state === SHUTDOWN) return;
     entry.channel.watchConnectivityState(state, Infinity, () => this.#watch(entry));
+  }
+
+  /** Starts watching a connected instance's health, when health checking is on. */
+  #startHealth(entry: Entry): void {
+    const service = this.#healthService;
+    if (service === undefined || entry.closed || entry.healthWatch || entry.healthRetry) return;
+    entry.health = "pending";
+    const client = new HealthClient(entry.endpoint.addr, this.#credentials, {
+      channelOverride: entry.channel,
+    });
+    const watch = client.Watch(service) as grpc.ClientReadableStream<HealthResponse>;
+    entry.healthWatch = watch;
+    watch.on("data", (response: HealthResponse) => {
+      entry.healthAttempt = 0;
+      const health = response.status === 1 ? "serving" : "not-serving";
+      if (health === entry.health) return;
+      entry.health = health;
+      if (health === "not-serving") {
+        this.#report(
+          new Error(
+            `instance ${entry.endpoint.addr} (${
+              JSON.stringify(entry.key)
+            }) gets no calls: its health service reports ${
+              ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"][response.status] ??
+                response.status
+            } for ${JSON.stringify(service)}`,
+          ),
+        );
+      }
+      this.#rebuild();
+    });
+    const ended = (code: grpc.status) => {
+      if (entry.healthWatch !== watch) return; // cancelled by #stopHealth
+      entry.healthWatch = undefined;
+      if (code === grpc.status.UNIMPLEMENTED) {
+        // As gRPC does: a server without the health service is used as if SERVING.
+        entry.health = "unchecked";
+        this.#report(
+          new Error(
+            `instance ${entry.endpoint.addr} (${
+              JSON.stringify(entry.key)
+            }) does not implement grpc.health.v1 Watch: used without health checks`,
+          ),
+        );
+        this.#rebuild();
+        return;
+      }
+      // The stream broke or the server ended it: no calls until the instance answers again.
+      entry.health = "pending";
+      this.#rebuild();
+      entry.healthRetry = setTimeout(() => {
+        entry.healthRetry = undefined;
+        if (entry.state === READY) this.#startHealth(entry);
+      }, backoff(entry.healthAttempt++, { initial: 100, max: 5000 }));
+    };
+    watch.on("error", (error: grpc.ServiceError) => ended(error.code));
+    // A server stream ended with status OK emits no "error".
+    watch.on("status", (status: grpc.StatusObject) => {
+      if (status.code === grpc.status.OK) ended(status.code);
+    });
+  }
+
+  /** Stops watching an instance's health (its connection is not READY, or it is gone). */
+  #stopHealth(entry: Entry): void {
+    clearTimeout(entry.healthRetry);
+    entry.healthRetry = undefined;
+    const watch = entry.healthWatch;
+    entry.healthWatch = undefined;
+    watch?.cancel();
+    if (entry.health !== "unchecked") entry.health = "pending";
+  }
+
+  /** The state an instance counts as for picking: its connection's, then its health's. */
+  #effective(entry: Entry): State {
+    if (entry.state !== READY) return entry.state;
+    if (entry.health === "pending") return CONNECTING;
+    if (entry.health === "not-serving") return TRANSIENT_FAILURE;
+    return READY;
   }
 
   /**
@@ -377,6 +548,7 @@ class BalancedChannel implements grpc.ChannelInterface {
   #closeEntry(entry: Entry): void {
     if (entry.closed) return;
     entry.closed = true;
+    this.#stopHealth(entry);
     entry.channel.close();
   }
 
@@ -389,7 +561,9 @@ class BalancedChannel implements grpc.ChannelInterface {
   #rebuild(): void {
     if (this.#closed) return;
     const entries: Entry[] = [];
-    for (const entry of this.#entries.values()) if (entry.state === READY) entries.push(entry);
+    for (const entry of this.#entries.values()) {
+      if (this.#effective(entry) === READY) entries.push(entry);
+    }
     const ready = entries.map((e) => e.endpoint);
     this.#ready = ready.length;
     this.#picker = this.#balancer(ready, {
@@ -406,7 +580,7 @@ class BalancedChannel implements grpc.ChannelInterface {
   #aggregate(): State {
     if (this.#closed) return SHUTDOWN;
     if (!this.#loaded) return CONNECTING;
-    const states = [...this.#entries.values()].map((e) => e.state);
+    const states = [...this.#entries.values()].map((e) => this.#effective(e));
     if (states.includes(READY)) return READY;
     if (states.some((s) => s === CONNECTING || s === IDLE)) return CONNECTING;
     return TRANSIENT_FAILURE;
@@ -433,7 +607,7 @@ class BalancedChannel implements grpc.ChannelInterface {
     if (this.#ready > 0) {
       const endpoint = this.#picker(call.info);
       const entry = endpoint && this.#byEndpoint.get(endpoint);
-      if (entry && entry.state === READY) {
+      if (entry && this.#effective(entry) === READY) {
         this.#queue.delete(call);
         call.bind(entry);
         return;
@@ -559,6 +733,17 @@ export function dial<C extends grpc.Client>(
     throw new TypeError(
       `Ctor must be a grpc-js client class (generated, makeGenericClientConstructor or loadPackageDefinition), got ${
         String(Ctor).slice(0, 80)
+      }`,
+    );
+  }
+  if (
+    options.healthCheck !== undefined &&
+    (typeof options.healthCheck !== "object" || options.healthCheck === null ||
+      typeof options.healthCheck.serviceName !== "string")
+  ) {
+    throw new TypeError(
+      `options.healthCheck must be { serviceName: string }, got ${
+        JSON.stringify(options.healthCheck)
       }`,
     );
   }

@@ -51,6 +51,13 @@ export interface Serving extends AsyncDisposable {
   /** The registration behind it. */
   readonly registration: Registration;
   /**
+   * Sets what the health service reports, for `""` and for the service: NOT_SERVING
+   * keeps the instance registered but takes it out of the picks of clients that
+   * check health (`dial`'s `healthCheck`), for example while a dependency is down.
+   * `close()` sets NOT_SERVING for good.
+   */
+  setHealth(status: "SERVING" | "NOT_SERVING"): void;
+  /**
    * Drains and stops: health NOT_SERVING, lease revoked (the key leaves etcd),
    * `drainMs` for clients to notice, then a graceful shutdown bounded by
    * `shutdownMs`, then a forced one. Never hangs; idempotent.
@@ -191,5 +198,13 @@ export async function serve(
   const onAbort = () => void close();
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) onAbort();
-  return { addr, port, registration, close, [Symbol.asyncDispose]: close };
+  const setHealth = (status: "SERVING" | "NOT_SERVING") => {
+    if (status !== "SERVING" && status !== "NOT_SERVING") {
+      throw new TypeError(`status must be "SERVING" or "NOT_SERVING", got ${String(status)}`);
+    }
+    if (closing) return;
+    health.setStatus("", status);
+    health.setStatus(service, status);
+  };
+  return { addr, port, registration, setHealth, close, [Symbol.asyncDispose]: close };
 }
