@@ -6,7 +6,8 @@
  * `channelOverride` (stable public API). Ours keeps one ordinary grpc-js
  * `Channel` per endpoint (eagerly connected, pick_first), folds `resolve()`
  * updates into the set, and on each call runs our picker over the endpoints
- * whose channel is READY, then starts the call on that endpoint's channel.
+ * whose channel is READY (and, with `healthCheck`, whose health service says
+ * SERVING), then starts the call on that endpoint's channel.
  * Calls that find no READY endpoint wait (while endpoints are connecting, or
  * with `waitForReady` until their deadline) or fail fast with UNAVAILABLE, as
  * gRPC's own round_robin does.
