@@ -390,3 +390,55 @@ Deno.test("dial: the health messages' encoding", () => {
   );
   assert.throws(() => healthCodec.response(new Uint8Array([0x08, 0x80])), /malformed varint/);
 });
+
+Deno.test("dial: with healthCheck, a health stream that breaks is watched again and calls resume", async () => {
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  // A server whose health Watch breaks once, 100 ms after saying SERVING, then holds.
+  let watches = 0;
+  const server = new grpc.Server();
+  server.addService(Greeter.service, {
+    SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
+      callback(null, { message: "hi", instance: "flaky" });
+    },
+  });
+  server.addService({
+    Watch: {
+      path: "/grpc.health.v1.Health/Watch",
+      requestStream: false,
+      responseStream: true,
+      requestSerialize: (b: Buffer) => b,
+      requestDeserialize: (b: Buffer) => b,
+      responseSerialize: (status: number) => Buffer.from([0x08, status]),
+      responseDeserialize: (b: Buffer) => b,
+    },
+  }, {
+    Watch(call: grpc.ServerWritableStream<Buffer, number>) {
+      watches++;
+      call.write(1);
+      if (watches === 1) {
+        // How a grpc-js server handler ends a stream with a status other than OK.
+        setTimeout(() => call.emit("error", { code: grpc.status.INTERNAL, details: "boom" }), 100);
+      }
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (e, p) => e ? reject(e) : resolve(p),
+    )
+  );
+  await using _registration = await register(client, SERVICE, { addr: `127.0.0.1:${port}` });
+  const greeter = dial(client, SERVICE, Greeter, { healthCheck: { serviceName: "" } });
+  try {
+    assert.deepEqual(await answers(greeter, 3), { flaky: 3 });
+    await until("the second Watch", 3000, () => watches === 2);
+    // Answered again once the new Watch says SERVING (waitForReady rides out the gap).
+    const reply = await sayHello(greeter, { name: "x" }, { waitForReady: true });
+    assert.equal(reply.instance, "flaky");
+  } finally {
+    greeter.close();
+    server.forceShutdown();
+  }
+});
