@@ -78,6 +78,70 @@ export interface Greeting extends Serving {
 }
 
 /**
+ * The greeter's implementation answering as `name`, after the request's
+ * `delay_ms` plus `delayMs`, counting calls with `onCall`.
+ */
+function greeterAs(
+  name: string,
+  behaviour: { delayMs?: number; onCall?: () => void } = {},
+): grpc.UntypedServiceImplementation {
+  return {
+    SayHello(
+      call: grpc.ServerUnaryCall<HelloRequest, HelloReply>,
+      callback: grpc.sendUnaryData<HelloReply>,
+    ) {
+      behaviour.onCall?.();
+      const reply = () => callback(null, { message: `hello ${call.request.name}`, instance: name });
+      const delay = (call.request.delay_ms ?? 0) + (behaviour.delayMs ?? 0);
+      if (delay > 0) setTimeout(reply, delay);
+      else reply();
+    },
+  };
+}
+
+/** A greeter server on loopback that no registration announces. */
+export interface LoneGreeter {
+  /** Its `127.0.0.1:port`. */
+  readonly addr: string;
+  /** How many calls reached it. */
+  readonly calls: number;
+  /** Stops it at once. */
+  close(): void;
+}
+
+/**
+ * Starts a greeter server answering as `name` on a free loopback port, without
+ * `serve()`: no health service, nothing in etcd. For tests that write its
+ * entry themselves (a rogue one, say). `addServices` may add more services.
+ */
+export async function startLoneGreeter(
+  name: string,
+  options: {
+    credentials?: grpc.ServerCredentials;
+    addServices?: (server: grpc.Server) => void;
+  } = {},
+): Promise<LoneGreeter> {
+  let calls = 0;
+  const server = new grpc.Server();
+  server.addService(Greeter.service, greeterAs(name, { onCall: () => calls++ }));
+  options.addServices?.(server);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      options.credentials ?? grpc.ServerCredentials.createInsecure(),
+      (e, port) => e ? reject(e) : resolve(port),
+    )
+  );
+  return {
+    addr: `127.0.0.1:${port}`,
+    get calls() {
+      return calls;
+    },
+    close: () => server.forceShutdown(),
+  };
+}
+
+/**
  * Starts one greeter instance: a grpc-js server answering as `name`, served and
  * registered under `service`.
  */
@@ -86,20 +150,10 @@ export async function startGreeter(
   service: string,
   name: string,
   options: ServeOptions = {},
-  behaviour: { delayMs?: number } = {},
+  behaviour: { delayMs?: number; onCall?: () => void } = {},
 ): Promise<Greeting> {
   const server = new grpc.Server();
-  server.addService(Greeter.service, {
-    SayHello(
-      call: grpc.ServerUnaryCall<HelloRequest, HelloReply>,
-      callback: grpc.sendUnaryData<HelloReply>,
-    ) {
-      const reply = () => callback(null, { message: `hello ${call.request.name}`, instance: name });
-      const delay = (call.request.delay_ms ?? 0) + (behaviour.delayMs ?? 0);
-      if (delay > 0) setTimeout(reply, delay);
-      else reply();
-    },
-  });
+  server.addService(Greeter.service, greeterAs(name, behaviour));
   const serving = await serve(server, client, service, { metadata: { name }, ...options });
   return {
     ...serving,

@@ -16,6 +16,7 @@ import {
   type HelloReply,
   sayHello,
   startGreeter,
+  startLoneGreeter,
 } from "../examples/greeter.ts";
 import { startEtcd } from "./etcd_server.ts";
 import { untilAllAnswer } from "./load.ts";
@@ -86,10 +87,7 @@ Deno.test("dial: cancelling a call ends it CANCELLED, whether it waits for an in
 
     let handled = 0;
     await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 }, {
-      get delayMs() {
-        handled++;
-        return 0;
-      },
+      onCall: () => handled++,
     });
     await untilAllAnswer(greeter, 1);
     const answered = handled;
@@ -344,20 +342,8 @@ Deno.test("dial: with healthCheck, an instance without the health service is use
   await using etcd = await startEtcd();
   await using client = connect({ hosts: etcd.endpoint });
   // A bare grpc-js server: the greeter only, no grpc.health.v1.
-  const server = new grpc.Server();
-  server.addService(Greeter.service, {
-    SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
-      callback(null, { message: "hi", instance: "bare" });
-    },
-  });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(
-      "127.0.0.1:0",
-      grpc.ServerCredentials.createInsecure(),
-      (e, p) => e ? reject(e) : resolve(p),
-    )
-  );
-  await using _registration = await register(client, SERVICE, { addr: `127.0.0.1:${port}` });
+  const bare = await startLoneGreeter("bare");
+  await using _registration = await register(client, SERVICE, { addr: bare.addr });
   const errors: string[] = [];
   const greeter = dial(client, SERVICE, Greeter, {
     healthCheck: { serviceName: "" },
@@ -367,11 +353,11 @@ Deno.test("dial: with healthCheck, an instance without the health service is use
     assert.deepEqual(await answers(greeter, 5), { bare: 5 });
     await until("the report", 2000, () => errors.length > 0);
     assert.deepEqual(errors, [
-      `instance 127.0.0.1:${port} ("${SERVICE}/127.0.0.1:${port}") does not implement grpc.health.v1 Watch: used without health checks`,
+      `instance ${bare.addr} ("${SERVICE}/${bare.addr}") does not implement grpc.health.v1 Watch: used without health checks`,
     ]);
   } finally {
     greeter.close();
-    server.forceShutdown();
+    bare.close();
   }
 });
 
@@ -396,40 +382,33 @@ Deno.test("dial: with healthCheck, a health stream that breaks is watched again 
   await using client = connect({ hosts: etcd.endpoint });
   // A server whose health Watch breaks once, 100 ms after saying SERVING, then holds.
   let watches = 0;
-  const server = new grpc.Server();
-  server.addService(Greeter.service, {
-    SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
-      callback(null, { message: "hi", instance: "flaky" });
-    },
+  const flaky = await startLoneGreeter("flaky", {
+    addServices: (server) =>
+      server.addService({
+        Watch: {
+          path: "/grpc.health.v1.Health/Watch",
+          requestStream: false,
+          responseStream: true,
+          requestSerialize: (b: Buffer) => b,
+          requestDeserialize: (b: Buffer) => b,
+          responseSerialize: (status: number) => Buffer.from([0x08, status]),
+          responseDeserialize: (b: Buffer) => b,
+        },
+      }, {
+        Watch(call: grpc.ServerWritableStream<Buffer, number>) {
+          watches++;
+          call.write(1);
+          if (watches === 1) {
+            // How a grpc-js server handler ends a stream with a status other than OK.
+            setTimeout(
+              () => call.emit("error", { code: grpc.status.INTERNAL, details: "boom" }),
+              100,
+            );
+          }
+        },
+      }),
   });
-  server.addService({
-    Watch: {
-      path: "/grpc.health.v1.Health/Watch",
-      requestStream: false,
-      responseStream: true,
-      requestSerialize: (b: Buffer) => b,
-      requestDeserialize: (b: Buffer) => b,
-      responseSerialize: (status: number) => Buffer.from([0x08, status]),
-      responseDeserialize: (b: Buffer) => b,
-    },
-  }, {
-    Watch(call: grpc.ServerWritableStream<Buffer, number>) {
-      watches++;
-      call.write(1);
-      if (watches === 1) {
-        // How a grpc-js server handler ends a stream with a status other than OK.
-        setTimeout(() => call.emit("error", { code: grpc.status.INTERNAL, details: "boom" }), 100);
-      }
-    },
-  });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(
-      "127.0.0.1:0",
-      grpc.ServerCredentials.createInsecure(),
-      (e, p) => e ? reject(e) : resolve(p),
-    )
-  );
-  await using _registration = await register(client, SERVICE, { addr: `127.0.0.1:${port}` });
+  await using _registration = await register(client, SERVICE, { addr: flaky.addr });
   const greeter = dial(client, SERVICE, Greeter, { healthCheck: { serviceName: "" } });
   try {
     assert.deepEqual(await answers(greeter, 3), { flaky: 3 });
@@ -439,6 +418,6 @@ Deno.test("dial: with healthCheck, a health stream that breaks is watched again 
     assert.equal(reply.instance, "flaky");
   } finally {
     greeter.close();
-    server.forceShutdown();
+    flaky.close();
   }
 });

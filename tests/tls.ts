@@ -6,7 +6,7 @@
  */
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { Greeter } from "../examples/greeter.ts";
+import { type LoneGreeter, startLoneGreeter } from "../examples/greeter.ts";
 import { findEtcd, findExecutable, Member } from "./etcd_server.ts";
 
 /** A certificate and its key, as PEM text, and the paths of their files. */
@@ -293,40 +293,13 @@ export function callerCredentials(ca: string, issued: Issued): grpc.ChannelCrede
   );
 }
 
-/** A greeter server that is not the service it will pose as in etcd. */
-export interface Impostor {
-  /** Its `127.0.0.1:port`. */
-  readonly addr: string;
-  /** How many calls reached it. */
-  readonly calls: number;
-  /** Stops it at once. */
-  close(): void;
-}
-
 /**
  * Starts a greeter server on loopback with a real certificate from `pki`, for
  * `dnsName`, answering every call as instance "rogue".
  */
-export async function startImpostor(pki: TestPki, dnsName: string): Promise<Impostor> {
-  let calls = 0;
-  const server = new grpc.Server();
-  server.addService(Greeter.service, {
-    SayHello(_call: unknown, callback: grpc.sendUnaryData<unknown>) {
-      calls++;
-      callback(null, { message: "gotcha", instance: "rogue" });
-    },
-  });
+export async function startImpostor(pki: TestPki, dnsName: string): Promise<LoneGreeter> {
   const credentials = serverCredentials(pki.ca, await pki.issue("rogue", [dnsName]));
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", credentials, (e, port) => e ? reject(e) : resolve(port))
-  );
-  return {
-    addr: `127.0.0.1:${port}`,
-    get calls() {
-      return calls;
-    },
-    close: () => server.forceShutdown(),
-  };
+  return await startLoneGreeter("rogue", { credentials });
 }
 
 /** The README's commands that turn auth on, with a root user. */
