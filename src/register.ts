@@ -346,6 +346,23 @@ class RegistrationImpl implements Registration {
 }
 
 /**
+ * `options.ttl` and `options.timeout` with their defaults, or a RangeError
+ * naming the bad one (also for `serve()`, which checks them before it binds).
+ */
+export function checkTimings(
+  options: { readonly ttl?: number; readonly timeout?: number },
+): { ttl: number; timeout: number } {
+  const { ttl = 10, timeout = 5000 } = options;
+  if (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 2 || ttl > 9_000_000_000) {
+    throw new RangeError(`options.ttl must be an integer number of seconds >= 2, got ${ttl}`);
+  }
+  if (typeof timeout !== "number" || !(timeout > 0) || !Number.isFinite(timeout)) {
+    throw new RangeError(`options.timeout must be a positive number of ms, got ${timeout}`);
+  }
+  return { ttl, timeout };
+}
+
+/**
  * Registers an endpoint of a service: grants a lease of `ttl` seconds, puts
  * `<service>/<addr>` → `{"Op":0,"Addr":…,"Metadata":…}` (the layout of etcd's Go
  * `naming/endpoints`) with it, and keeps it alive every TTL/3. When the lease is
@@ -390,13 +407,8 @@ export async function register(
   if (typeof client?.grantLease !== "function" || typeof client?.put !== "function") {
     throw new TypeError(`client must be an EtcdClient (see connect()), got ${String(client)}`);
   }
-  const { ttl = 10, timeout = 5000, signal } = options;
-  if (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 2 || ttl > 9_000_000_000) {
-    throw new RangeError(`options.ttl must be an integer number of seconds >= 2, got ${ttl}`);
-  }
-  if (typeof timeout !== "number" || !(timeout > 0) || !Number.isFinite(timeout)) {
-    throw new RangeError(`options.timeout must be a positive number of ms, got ${timeout}`);
-  }
+  const { ttl, timeout } = checkTimings(options);
+  const { signal } = options;
   const prefix = `${service}/`;
   const key = options.key ?? `${prefix}${endpoint.addr}`;
   if (typeof key !== "string" || !key.startsWith(prefix) || key.length === prefix.length) {

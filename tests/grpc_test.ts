@@ -254,6 +254,10 @@ Deno.test("grpc: bad input names the argument", async (t) => {
       /options.timeout must be a positive number of ms, got -5/,
     );
     await assert.rejects(
+      serve(server, client, SERVICE, { ttl: 1 }),
+      /options.ttl must be an integer number of seconds >= 2, got 1/,
+    );
+    await assert.rejects(
       serve(server, client, SERVICE, { drainMs: -1 }),
       /options.drainMs must be a non-negative number of ms, got -1/,
     );

@@ -10,7 +10,7 @@ import { networkInterfaces } from "node:os";
 import { sleep } from "../_async.ts";
 import { addrProblem, checkService } from "../endpoint.ts";
 import type { EtcdClient } from "../etcd/client.ts";
-import { register, type Registration } from "../register.ts";
+import { checkTimings, register, type Registration } from "../register.ts";
 
 /** Options of {@linkcode serve}. */
 export interface ServeOptions {
@@ -135,10 +135,7 @@ export async function serve(
   }
   const drainMs = checkMs(options.drainMs, "drainMs", 1000);
   const shutdownMs = checkMs(options.shutdownMs, "shutdownMs", 5000);
-  const timeout = options.timeout ?? 5000;
-  if (typeof timeout !== "number" || !(timeout > 0) || !Number.isFinite(timeout)) {
-    throw new RangeError(`options.timeout must be a positive number of ms, got ${timeout}`);
-  }
+  const { ttl, timeout } = checkTimings(options);
   options.signal?.throwIfAborted();
 
   const health = new HealthImplementation({ "": "SERVING", [service]: "SERVING" });
@@ -161,7 +158,7 @@ export async function serve(
   let registration: Registration;
   try {
     registration = await register(client, service, { addr, metadata: options.metadata }, {
-      ttl: options.ttl,
+      ttl,
       timeout,
       signal: options.signal,
       onError: options.onError,
@@ -171,13 +168,17 @@ export async function serve(
     throw error;
   }
 
+  /** What the health service answers, for the server as a whole and for `service`. */
+  const report = (status: "SERVING" | "NOT_SERVING") => {
+    health.setStatus("", status);
+    health.setStatus(service, status);
+  };
   let closing: Promise<void> | undefined;
   const signal = options.signal;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       signal?.removeEventListener("abort", onAbort);
-      health.setStatus("", "NOT_SERVING");
-      health.setStatus(service, "NOT_SERVING");
+      report("NOT_SERVING");
       await registration.close();
       await sleep(drainMs);
       await new Promise<void>((resolve) => {
@@ -202,9 +203,7 @@ export async function serve(
     if (status !== "SERVING" && status !== "NOT_SERVING") {
       throw new TypeError(`status must be "SERVING" or "NOT_SERVING", got ${String(status)}`);
     }
-    if (closing) return;
-    health.setStatus("", status);
-    health.setStatus(service, status);
+    if (!closing) report(status);
   };
   return { addr, port, registration, setHealth, close, [Symbol.asyncDispose]: close };
 }
