@@ -172,9 +172,11 @@ type StreamClient = Record<string, (metadata: unknown, options: object) => Strea
 interface TlsMode {
   readonly secure: boolean;
   readonly ca: boolean;
-  readonly clientCert: boolean;
-  /** What is wrong with the client certificate, as far as this process can tell. */
-  readonly clientCertProblem?: () => string | undefined;
+  /**
+   * Given when a client certificate is: says what is wrong with it, as far as
+   * this process can tell.
+   */
+  readonly clientCert?: () => string | undefined;
 }
 
 /** How long a host whose stream hung or failed goes to the back of the line, in ms. */
@@ -196,7 +198,7 @@ class Etcd3Client implements EtcdClient {
     hosts: readonly string[],
     owned: boolean,
     timeout: number,
-    tls: TlsMode = { secure: false, ca: false, clientCert: false },
+    tls: TlsMode = { secure: false, ca: false },
     user?: string,
   ) {
     this.#etcd = etcd;
@@ -362,7 +364,7 @@ class Etcd3Client implements EtcdClient {
       hint = "etcd closed the TLS connection; it may require a client certificate " +
         "(tls.cert and tls.key were not given)";
     } else if (aborted && this.#tls.clientCert) {
-      const problem = this.#tls.clientCertProblem?.();
+      const problem = this.#tls.clientCert();
       hint = problem
         ? `etcd rejected the client certificate: ${problem}`
         : "etcd rejected the client certificate or closed the TLS connection " +
@@ -776,8 +778,7 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
   const tlsMode = {
     secure,
     ca: tls?.ca !== undefined,
-    clientCert: tls?.cert !== undefined,
-    clientCertProblem: clientCert,
+    clientCert,
   };
   return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username);
 }

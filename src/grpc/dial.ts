@@ -93,6 +93,11 @@ interface Entry {
   healthAttempt: number;
 }
 
+/** How reports name an instance: `instance 10.0.0.9:443 ("svc/10.0.0.9:443")`. */
+function instance(entry: Entry): string {
+  return `instance ${entry.endpoint.addr} (${JSON.stringify(entry.key)})`;
+}
+
 /** A `grpc.health.v1.HealthCheckResponse`: 0 UNKNOWN, 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN. */
 interface HealthResponse {
   readonly status: number;
@@ -433,9 +438,7 @@ class BalancedChannel implements grpc.ChannelInterface {
       if (health === "not-serving") {
         this.#report(
           new Error(
-            `instance ${entry.endpoint.addr} (${
-              JSON.stringify(entry.key)
-            }) gets no calls: its health service reports ${
+            `${instance(entry)} gets no calls: its health service reports ${
               ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"][response.status] ??
                 response.status
             } for ${JSON.stringify(service)}`,
@@ -452,9 +455,9 @@ class BalancedChannel implements grpc.ChannelInterface {
         entry.health = "unchecked";
         this.#report(
           new Error(
-            `instance ${entry.endpoint.addr} (${
-              JSON.stringify(entry.key)
-            }) does not implement grpc.health.v1 Watch: used without health checks`,
+            `${
+              instance(entry)
+            } does not implement grpc.health.v1 Watch: used without health checks`,
           ),
         );
         this.#rebuild();
@@ -519,7 +522,7 @@ class BalancedChannel implements grpc.ChannelInterface {
           .replace(/\s*Resolution note:\s*$/, "");
         this.#report(
           new Error(
-            `instance ${entry.endpoint.addr} (${JSON.stringify(entry.key)}) gets no calls: ${why}`,
+            `${instance(entry)} gets no calls: ${why}`,
           ),
         );
       },
