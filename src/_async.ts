@@ -1,75 +1,80 @@
 /**
- * Small async helpers private to this module: a push-to-pull queue, an
+ * Small async helpers private to this module: push-to-pull streams, an
  * abortable sleep, and racing a promise against a signal.
  *
  * @module
  */
 
-/** An unbounded single-consumer queue that ends once, with or without an error. */
-export class Queue<T> implements AsyncIterable<T> {
-  #items: T[] = [];
-  #head = 0;
+/**
+ * The consumer side of a push-to-pull stream that ends once, with or without
+ * an error. `next()` calls may overlap: they settle in call order, with values
+ * first, then the error (once), then `done`. Subclasses decide how values wait.
+ */
+export abstract class Inbox<T> implements AsyncIterable<T> {
+  #waiters: PromiseWithResolvers<IteratorResult<T, undefined>>[] = [];
   #done = false;
   #error: unknown = undefined;
   #failed = false;
-  #waiter: PromiseWithResolvers<void> | undefined;
 
-  /** Whether the queue has ended. */
+  /** Whether a value waits to be taken. */
+  protected abstract hasItem(): boolean;
+  /** Takes the oldest waiting value; only called when {@linkcode hasItem}. */
+  protected abstract takeItem(): T;
+  /** Keeps a value that no `next()` call is waiting for. */
+  protected abstract store(item: T): void;
+
+  /** Whether the stream has ended. */
   get done(): boolean {
     return this.#done;
   }
 
-  /** Adds a value; ignored after the queue ended. */
+  /** Adds a value: to the oldest waiting `next()`, else to the store; ignored after the end. */
   push(item: T): void {
     if (this.#done) return;
-    this.#items.push(item);
-    this.#wake();
+    const waiter = this.#waiters.shift();
+    if (waiter) waiter.resolve({ value: item, done: false });
+    else this.store(item);
   }
 
-  /** Ends the queue after the values already in it. */
+  /** Ends the stream after the values already in it. */
   end(): void {
     if (this.#done) return;
     this.#done = true;
-    this.#wake();
+    this.#settleWaiters();
   }
 
-  /** Ends the queue: the consumer gets the values already in it, then `error`. */
+  /** Ends the stream: the consumer gets the values already in it, then `error`. */
   fail(error: unknown): void {
     if (this.#done) return;
     this.#done = true;
     this.#failed = true;
     this.#error = error;
-    this.#wake();
+    this.#settleWaiters();
   }
 
-  #wake(): void {
-    const waiter = this.#waiter;
-    this.#waiter = undefined;
-    waiter?.resolve();
+  /** Settles waiting `next()` calls once ended (no value can be waiting then). */
+  #settleWaiters(): void {
+    for (const waiter of this.#waiters.splice(0)) {
+      if (this.#failed) {
+        this.#failed = false;
+        waiter.reject(this.#error);
+      } else {
+        waiter.resolve({ value: undefined, done: true });
+      }
+    }
   }
 
   /** Takes the next value, waiting for one; `undefined` with `done` when ended. */
-  async next(): Promise<IteratorResult<T, undefined>> {
-    while (true) {
-      if (this.#head < this.#items.length) {
-        const value = this.#items[this.#head] as T;
-        this.#items[this.#head++] = undefined as T;
-        if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
-          this.#items = this.#items.slice(this.#head);
-          this.#head = 0;
-        }
-        return { value, done: false };
-      }
-      if (this.#done) {
-        if (this.#failed) {
-          this.#failed = false;
-          throw this.#error;
-        }
-        return { value: undefined, done: true };
-      }
-      this.#waiter = Promise.withResolvers<void>();
-      await this.#waiter.promise;
+  next(): Promise<IteratorResult<T, undefined>> {
+    if (this.hasItem()) return Promise.resolve({ value: this.takeItem(), done: false });
+    if (this.#done) {
+      if (!this.#failed) return Promise.resolve({ value: undefined, done: true });
+      this.#failed = false;
+      return Promise.reject(this.#error);
     }
+    const waiter = Promise.withResolvers<IteratorResult<T, undefined>>();
+    this.#waiters.push(waiter);
+    return waiter.promise;
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<T> {
@@ -78,6 +83,30 @@ export class Queue<T> implements AsyncIterable<T> {
       if (result.done) return;
       yield result.value;
     }
+  }
+}
+
+/** An unbounded first-in, first-out {@linkcode Inbox}. */
+export class Queue<T> extends Inbox<T> {
+  #items: T[] = [];
+  #head = 0;
+
+  protected hasItem(): boolean {
+    return this.#head < this.#items.length;
+  }
+
+  protected takeItem(): T {
+    const value = this.#items[this.#head] as T;
+    this.#items[this.#head++] = undefined as T;
+    if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    return value;
+  }
+
+  protected store(item: T): void {
+    this.#items.push(item);
   }
 }
 

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { abortable, asError, Queue, sleep } from "./_async.ts";
+import { abortable, asError, Inbox, sleep } from "./_async.ts";
 import { backoff } from "./backoff.ts";
 import {
   checkService,
@@ -188,8 +188,42 @@ function unshare(client: EtcdClient, service: string, watch: SharedWatch): void 
   if (byService?.get(service) === watch) byService.delete(service);
 }
 
+/**
+ * What one resolver has not read yet. A reader that keeps up gets one batch per
+ * etcd change set. For one that falls behind, the batches waiting are merged per
+ * key (the latest add or delete wins): it holds at most one entry per key, and
+ * still folds to etcd's current state when it reads.
+ */
+class PendingUpdates extends Inbox<Update[]> {
+  #batch: Update[] | undefined;
+  #merged: Map<string, Update> | undefined;
+
+  protected hasItem(): boolean {
+    return this.#batch !== undefined || this.#merged !== undefined;
+  }
+
+  protected takeItem(): Update[] {
+    const batch = this.#merged ? [...this.#merged.values()] : this.#batch!;
+    this.#batch = this.#merged = undefined;
+    return batch;
+  }
+
+  protected store(batch: Update[]): void {
+    if (!this.hasItem()) {
+      this.#batch = batch;
+      return;
+    }
+    if (!this.#merged) {
+      this.#merged = new Map();
+      for (const update of this.#batch!) this.#merged.set(update.key, update);
+      this.#batch = undefined;
+    }
+    for (const update of batch) this.#merged.set(update.key, update);
+  }
+}
+
 class ResolutionImpl implements Resolution {
-  readonly #queue = new Queue<Update[]>();
+  readonly #queue = new PendingUpdates();
   readonly #client: EtcdClient;
   readonly #service: string;
   readonly #signal: AbortSignal | undefined;
@@ -275,6 +309,12 @@ class ResolutionImpl implements Resolution {
  *
  * Resolvers of one service on one client share one etcd watch. Ending the
  * iterator (`break`, `return()`, `await using`, or `signal`) releases its share.
+ *
+ * A consumer that reads more slowly than etcd changes does not make anything
+ * pile up: the batches it has not read yet are merged per key (the latest add
+ * or delete wins), so it holds at most one pending update per key and folds to
+ * etcd's current state when it reads; only its batch boundaries merge.
+ * Overlapping `next()` calls settle in call order.
  *
  * @example
  * ```ts

@@ -205,3 +205,52 @@ Deno.test("closing the client ends every resolve() iterator instead of retrying 
   assert.equal((await late.next()).done, true, "a resolver on a closed client ends at once");
   assert.equal(etcd.stats().watches, 0);
 });
+
+Deno.test("a slow resolve() consumer holds at most one pending entry per key and folds to etcd's state", async () => {
+  await using client = memoryClient();
+  await using fast = resolve(client, "svc/a");
+  await using slow = resolve(client, "svc/a");
+  assert.deepEqual(await next(fast), []);
+  let view = new Map<string, Endpoint>();
+  const changes = 20_000;
+  for (let i = 0; i < changes; i++) {
+    const key = `svc/a/10.0.0.${i % 4}:1`;
+    if (i % 5 === 4) await client.delete(key);
+    else await client.put(key, value(`10.0.0.${i % 4}:1`, { i }));
+    // The fast reader keeps up: one batch per etcd change set.
+    const batch = await next(fast);
+    assert.equal(batch.length, 1);
+    view = applyUpdates(view, batch);
+  }
+  // The slow reader read nothing so far: its snapshot and every change are merged per key.
+  const pending = await next(slow);
+  assert.ok(pending.length <= 4, `${pending.length} pending entries for 4 keys`);
+  const slowView = applyUpdates(new Map(), pending);
+  const etcd = new Map(
+    (await client.getPrefix("svc/a/")).kvs.map((
+      kv,
+    ) => [kv.key, JSON.parse(new TextDecoder().decode(kv.value))]),
+  );
+  assert.deepEqual([...slowView.keys()].sort(), [...etcd.keys()].sort());
+  assert.deepEqual(slowView, view);
+  for (const [key, endpoint] of slowView) {
+    assert.deepEqual(endpoint.metadata, etcd.get(key).Metadata);
+  }
+});
+
+Deno.test("resolve() settles next() calls made in parallel in order, then done after return()", async () => {
+  await using client = memoryClient();
+  const it = resolve(client, "svc/a");
+  const first = it.next();
+  const second = it.next();
+  const third = it.next();
+  assert.deepEqual((await first).value, []);
+  await client.put("svc/a/1.1.1.1:1", value("1.1.1.1:1"));
+  assert.deepEqual((await second).value?.map((u) => u.key), ["svc/a/1.1.1.1:1"]);
+  const fourth = it.next();
+  const ended = it.return();
+  assert.deepEqual(await third, { value: undefined, done: true });
+  assert.deepEqual(await fourth, { value: undefined, done: true });
+  await ended;
+  assert.equal(client.server.stats().watches, 0);
+});
