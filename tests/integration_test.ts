@@ -346,3 +346,38 @@ Deno.test("connect() names bad options", () => {
     /options must be \{ hosts, … \} or an Etcd3 instance/,
   );
 });
+
+Deno.test("etcd: failed watch opens leave no listener on the caller's signal", async () => {
+  const port = freePort();
+  // With auth, etcd3 must authenticate before it opens a stream: with etcd unreachable, that
+  // fails, and the open throws (without auth the stream opens and fails later, on its own).
+  await using client = connect({
+    hosts: `127.0.0.1:${port}`,
+    dialTimeout: 500,
+    auth: { username: "u", password: "p" },
+  });
+  const controller = new AbortController();
+  const signal = controller.signal;
+  let listeners = 0;
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  signal.addEventListener = (...args: Parameters<AbortSignal["addEventListener"]>) => {
+    listeners++;
+    add(...args);
+  };
+  signal.removeEventListener = (...args: Parameters<AbortSignal["removeEventListener"]>) => {
+    listeners--;
+    remove(...args);
+  };
+  let failures = 0;
+  for (let i = 0; i < 300; i++) {
+    try {
+      for await (const _ of client.watch("svc/a/", { startRevision: 1, signal })) break;
+    } catch {
+      failures++;
+    }
+  }
+  assert.equal(failures, 300, "every open failed (nothing listens on the port)");
+  assert.equal(listeners, 0, `${listeners} abort listeners left on the signal`);
+  controller.abort();
+});

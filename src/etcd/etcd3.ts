@@ -469,12 +469,14 @@ class Etcd3Client implements EtcdClient {
   async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
     const { startRevision, signal, exact = false, heartbeat } = options;
     if (signal?.aborted) return;
+    const key = Buffer.from(prefix);
+    const what = `watching ${JSON.stringify(prefix)}`;
+    // Open first: an open that throws must leave nothing behind on the caller's signal.
+    const { stream, host } = await this.#run(what, () => this.#openStream("Watch", "watch", {}));
     const queue = new Queue<WatchBatch>();
     const stop = () => queue.end();
     signal?.addEventListener("abort", stop, { once: true });
-    const key = Buffer.from(prefix);
-    const what = `watching ${JSON.stringify(prefix)}`;
-    const { stream, host } = await this.#run(what, () => this.#openStream("Watch", "watch", {}));
+    if (signal?.aborted) queue.end();
     // Whether a progress request is out and unanswered (see WatchOptions.heartbeat).
     let waiting = false;
     stream.on("data", (res: IWatchResponse) => {
