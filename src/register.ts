@@ -64,6 +64,8 @@ class RegistrationImpl implements Registration {
   #lease = "0";
   #leaseValid = false;
   #revision = 0;
+  /** The revision of the latest delete of the key seen by its watch. */
+  #deletedAt = 0;
   #state: RegistrationState = "recovering";
   #needPut = true;
   #nap: AbortController | undefined;
@@ -144,16 +146,16 @@ class RegistrationImpl implements Registration {
         this.#client.revokeLease(old).catch(() => {});
       }
     }
+    let revision: number;
     try {
-      this.#revision = await abortable(
-        this.#client.put(this.key, this.#value, this.#lease),
-        signal,
-      );
+      revision = await abortable(this.#client.put(this.key, this.#value, this.#lease), signal);
     } catch (error) {
       if (error instanceof LeaseNotFoundError) this.#leaseValid = false;
       throw error;
     }
-    this.#needPut = false;
+    this.#revision = Math.max(this.#revision, revision);
+    // A delete that the watch saw while the put was in flight may have come after it.
+    this.#needPut = this.#deletedAt > revision;
   }
 
   /** The first registration: retries until it succeeds or `timeout` passes. */
@@ -266,6 +268,7 @@ class RegistrationImpl implements Registration {
           for (const event of batch.events) {
             if (event.type === "delete") {
               this.#revision = Math.max(this.#revision, event.modRevision);
+              this.#deletedAt = Math.max(this.#deletedAt, event.modRevision);
               this.#needPut = true;
               this.#wake();
             } else {
@@ -282,6 +285,7 @@ class RegistrationImpl implements Registration {
             const current = await abortable(this.#client.get(this.key), signal);
             this.#revision = current.revision;
             if (current.kvs.length === 0) {
+              this.#deletedAt = Math.max(this.#deletedAt, current.revision);
               this.#needPut = true;
               this.#wake();
             }

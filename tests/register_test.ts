@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { decodeEndpoint, register, type RegistrationState } from "../mod.ts";
+import { decodeEndpoint, type EtcdClient, register, type RegistrationState } from "../mod.ts";
 import { memoryClient, MemoryEtcd } from "../testing.ts";
 import { fakeTime } from "./fake_time.ts";
 
@@ -354,4 +354,51 @@ Deno.test("register() leaves a value someone else wrote until it must put the ke
   await other.revokeLease(reg.lease); // the key goes with the lease
   await clock.tick(3000);
   assert.equal(await value(), own);
+});
+
+Deno.test("register() puts the key again when a delete arrives while its put is in flight", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using real = etcd.client();
+  await using other = etcd.client();
+  let puts = 0;
+  let deletesHandled = 0;
+  let handled = Promise.withResolvers<void>();
+  // The registration's client: its second put (the heal) sees the key deleted again by someone
+  // else, and the registration handle that delete, before the put's answer arrives.
+  const overrides: Partial<EtcdClient> = {
+    put: async (key, value, lease) => {
+      const revision = await real.put(key, value, lease);
+      if (++puts === 2) {
+        handled = Promise.withResolvers<void>();
+        await other.delete(key);
+        await handled.promise;
+      }
+      return revision;
+    },
+    watch: async function* (key, options) {
+      for await (const batch of real.watch(key, options)) {
+        yield batch;
+        // Runs once the registration asks for more, i.e. after it handled this batch.
+        if (batch.events.some((event) => event.type === "delete")) {
+          deletesHandled++;
+          handled.resolve();
+        }
+      }
+    },
+  };
+  const client = new Proxy(real, {
+    get: (target, name) =>
+      overrides[name as keyof EtcdClient] ??
+        (typeof target[name as keyof typeof target] === "function"
+          ? (target[name as keyof typeof target] as (...args: unknown[]) => unknown).bind(target)
+          : target[name as keyof typeof target]),
+  });
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, { ttl: 10 });
+  await other.delete(reg.key);
+  await clock.tick(100);
+  assert.ok(puts >= 2 && deletesHandled >= 2, `${puts} puts, ${deletesHandled} deletes handled`);
+  await clock.tick(5000);
+  assert.equal((await other.get(reg.key)).kvs.length, 1, "the key is back after the second delete");
+  assert.equal(reg.state, "registered");
 });
