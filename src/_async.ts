@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { MAX_TIMER_MS } from "./_options.ts";
 
 /**
  * The consumer side of a push-to-pull stream that ends once, with or without
@@ -110,6 +111,51 @@ export class Queue<T> extends Inbox<T> {
   }
 }
 
+/** A timer from {@linkcode later}. */
+export interface Timer {
+  /** Cancels the timer; idempotent. */
+  clear(): void;
+}
+
+/** The timer functions {@linkcode later} uses (injectable, as `MemoryEtcd`'s clock is). */
+export interface TimerFunctions {
+  /** Schedules `fn` after `ms`. */
+  setTimeout(fn: () => void, ms: number): unknown;
+  /** Cancels a scheduled call. */
+  clearTimeout(id: unknown): void;
+}
+
+const globalTimers: TimerFunctions = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (id) => clearTimeout(id as number),
+};
+
+/**
+ * Calls `fn` after `ms` milliseconds, however long: a delay past what one timer
+ * keeps (2^31 − 1 ms, after which runtimes fire at once) is waited in steps.
+ * `Infinity` never fires.
+ */
+export function later(ms: number, fn: () => void, timers: TimerFunctions = globalTimers): Timer {
+  let id: unknown;
+  let cleared = false;
+  const arm = (left: number) => {
+    if (left === Infinity) return;
+    const step = Math.min(Math.max(0, left), MAX_TIMER_MS);
+    id = timers.setTimeout(() => {
+      if (cleared) return;
+      if (left > step) arm(left - step);
+      else fn();
+    }, step);
+  };
+  arm(ms);
+  return {
+    clear() {
+      cleared = true;
+      timers.clearTimeout(id);
+    },
+  };
+}
+
 /**
  * Waits `ms` milliseconds, or less when `signal` aborts (then resolves early,
  * without throwing). Clears its timer either way.
@@ -118,11 +164,11 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
-      clearTimeout(timer);
+      timer.clear();
       signal?.removeEventListener("abort", done);
       resolve();
     };
-    const timer = setTimeout(done, ms);
+    const timer = later(ms, done);
     signal?.addEventListener("abort", done, { once: true });
   });
 }

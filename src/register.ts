@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { abortable, asError, sleep } from "./_async.ts";
+import { abortable, asError, later, sleep } from "./_async.ts";
+import { MAX_TIMER_MS, milliseconds } from "./_options.ts";
 import { backoff } from "./backoff.ts";
 import { checkEndpoint, checkService, encodeEndpoint, type Endpoint } from "./endpoint.ts";
 import {
@@ -24,7 +25,10 @@ export type RegistrationState = "registered" | "recovering" | "closed";
 
 /** Options of {@linkcode register}. */
 export interface RegisterOptions {
-  /** Lease TTL in whole seconds, at least 2. Default 10. Renewed every TTL/3. */
+  /**
+   * Lease TTL in whole seconds, from 2 to 6,442,450 (about 74 days: TTL/3, the
+   * renewal period, must fit a timer). Default 10. Renewed every TTL/3.
+   */
   readonly ttl?: number;
   /** The etcd key; must start with `<service>/`. Default `<service>/<addr>`. */
   readonly key?: string;
@@ -51,6 +55,13 @@ export interface Registration extends AsyncDisposable {
 }
 
 const BACKOFF = { initial: 200, max: 3000 } as const;
+
+/**
+ * The longest lease TTL `register` accepts, in seconds (about 74 days): its
+ * renewal period, TTL/3, must fit a timer ({@linkcode MAX_TIMER_MS}); etcd's own
+ * limit is higher.
+ */
+const MAX_TTL: number = Math.floor((MAX_TIMER_MS * 3) / 1000);
 
 class RegistrationImpl implements Registration {
   readonly key: string;
@@ -161,7 +172,7 @@ class RegistrationImpl implements Registration {
   /** The first registration: retries until it succeeds or `timeout` passes. */
   async start(timeout: number): Promise<void> {
     const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(), timeout);
+    const timer = later(timeout, () => deadline.abort());
     const signals = [deadline.signal, this.#controller.signal];
     if (this.#userSignal) signals.push(this.#userSignal);
     const signal = AbortSignal.any(signals);
@@ -183,7 +194,7 @@ class RegistrationImpl implements Registration {
         }
       }
     } finally {
-      clearTimeout(timer);
+      timer.clear();
     }
     if (this.#needPut) {
       await this.#shutdown(false);
@@ -356,14 +367,13 @@ class RegistrationImpl implements Registration {
 export function checkTimings(
   options: { readonly ttl?: number; readonly timeout?: number },
 ): { ttl: number; timeout: number } {
-  const { ttl = 10, timeout = 5000 } = options;
-  if (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 2 || ttl > 9_000_000_000) {
-    throw new RangeError(`options.ttl must be an integer number of seconds >= 2, got ${ttl}`);
+  const { ttl = 10 } = options;
+  if (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 2 || ttl > MAX_TTL) {
+    throw new RangeError(
+      `options.ttl must be an integer number of seconds from 2 to ${MAX_TTL}, got ${ttl}`,
+    );
   }
-  if (typeof timeout !== "number" || !(timeout > 0) || !Number.isFinite(timeout)) {
-    throw new RangeError(`options.timeout must be a positive number of ms, got ${timeout}`);
-  }
-  return { ttl, timeout };
+  return { ttl, timeout: milliseconds(options.timeout, "timeout", 5000) };
 }
 
 /**

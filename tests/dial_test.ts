@@ -9,6 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import { connect, consistentHash, type EtcdClient, register, weightedRoundRobin } from "../mod.ts";
 import { dial, serve, type Serving } from "../grpc.ts";
+import { memoryClient } from "../testing.ts";
 import { healthCodec } from "../src/grpc/dial.ts";
 import {
   Greeter,
@@ -419,5 +420,24 @@ Deno.test("dial: with healthCheck, a health stream that breaks is watched again 
   } finally {
     greeter.close();
     flaky.close();
+  }
+});
+
+Deno.test("dial: a call whose deadline is past a timer's range waits for an instance instead of failing at once", async () => {
+  await using etcd = memoryClient();
+  const greeter = dial(etcd, SERVICE, Greeter);
+  try {
+    const thirtyDays = Date.now() + 30 * 24 * 3600 * 1000;
+    const outcome = sayHello(greeter, { name: "x" }, { deadline: thirtyDays, waitForReady: true })
+      .then(
+        (reply) => reply.message,
+        (error: grpc.ServiceError) => `${error.code} ${error.details}`,
+      );
+    const settled = await Promise.race([outcome, sleep(200).then(() => "waiting")]);
+    assert.equal(settled, "waiting", "the call is still waiting for an instance");
+    await using _a = await startGreeter(etcd, SERVICE, "a", { drainMs: 0 });
+    assert.equal(await outcome, "hello x");
+  } finally {
+    greeter.close();
   }
 });

@@ -339,7 +339,7 @@ Deno.test("connect() names bad options", () => {
   );
   assert.throws(
     () => connect({ hosts: "127.0.0.1:1", dialTimeout: 0 }),
-    /options.dialTimeout must be a positive number of ms, got 0/,
+    /options.dialTimeout must be a positive number of ms up to 2147483647, got 0/,
   );
   assert.throws(
     () => connect(undefined as never),

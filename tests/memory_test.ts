@@ -96,3 +96,15 @@ Deno.test("MemoryEtcd.close() stops lease timers so nothing leaks", async () => 
   assert.deepEqual(etcd.stats(), { watches: 0, leases: 0, clients: 0 });
   await assert.rejects(c.get("x"), /closed/);
 });
+
+Deno.test("a lease longer than a timer keeps (2^31 ms) does not expire at once", async () => {
+  using clock = fakeTime();
+  await using etcd = new MemoryEtcd();
+  await using client = etcd.client();
+  const lease = await client.grantLease(3_000_000); // 3e9 ms: a plain timer would fire at once
+  await client.put("k", "v", lease);
+  await clock.tick(3_600_000);
+  assert.equal((await client.get("k")).kvs.length, 1);
+  await clock.tick(3_000_000_000);
+  assert.equal((await client.get("k")).kvs.length, 0, "expired after its TTL");
+});

@@ -223,7 +223,19 @@ Deno.test("register() names the bad argument and value", async (t) => {
       "ttl 1",
       () => register(client, "svc", { addr: "a:1" }, { ttl: 1 }),
       RangeError,
-      /options.ttl must be an integer number of seconds >= 2, got 1/,
+      /options.ttl must be an integer number of seconds from 2 to 6442450, got 1/,
+    ],
+    [
+      "ttl whose renewal period overflows a timer",
+      () => register(client, "svc", { addr: "a:1" }, { ttl: 6_442_451 }),
+      RangeError,
+      /options.ttl must be an integer number of seconds from 2 to 6442450, got 6442451/,
+    ],
+    [
+      "timeout past a timer's range",
+      () => register(client, "svc", { addr: "a:1" }, { timeout: 2 ** 31 }),
+      RangeError,
+      /options.timeout must be a positive number of ms up to 2147483647, got 2147483648/,
     ],
     [
       "ttl 2.5",
@@ -401,4 +413,21 @@ Deno.test("register() puts the key again when a delete arrives while its put is 
   await clock.tick(5000);
   assert.equal((await other.get(reg.key)).kvs.length, 1, "the key is back after the second delete");
   assert.equal(reg.state, "registered");
+});
+
+Deno.test("register() with the longest TTL renews on time, not in a loop", async () => {
+  using clock = fakeTime();
+  await using client = memoryClient();
+  let renewals = 0;
+  const keepAlive = client.keepAlive.bind(client);
+  client.keepAlive = (lease: string) => {
+    renewals++;
+    return keepAlive(lease);
+  };
+  await using reg = await register(client, "svc/a", { addr: "a:1" }, { ttl: 6_442_450 });
+  await clock.tick(3_600_000);
+  assert.equal(renewals, 0, "no renewal within the first hour of a 74-day lease");
+  await clock.tick(6_442_450_000 / 3);
+  assert.equal(renewals, 1, "one renewal after TTL/3");
+  assert.equal((await client.get(reg.key)).kvs.length, 1);
 });

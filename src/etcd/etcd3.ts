@@ -26,6 +26,7 @@ import {
   retry,
 } from "cockatiel";
 import { Queue } from "../_async.ts";
+import { milliseconds } from "../_options.ts";
 import {
   AuthenticationError,
   ClientClosedError,
@@ -714,10 +715,7 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
     );
   }
   const hosts = checkHosts(options.hosts);
-  const dialTimeout = options.dialTimeout ?? 5000;
-  if (typeof dialTimeout !== "number" || !(dialTimeout > 0) || !Number.isFinite(dialTimeout)) {
-    throw new RangeError(`options.dialTimeout must be a positive number of ms, got ${dialTimeout}`);
-  }
+  const dialTimeout = milliseconds(options.dialTimeout, "dialTimeout", 5000);
   const { tls, auth } = options;
   if (
     auth !== undefined &&

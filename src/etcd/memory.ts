@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { Queue } from "../_async.ts";
+import { later, Queue, type Timer } from "../_async.ts";
 import {
   ClientClosedError,
   CompactedError,
@@ -31,7 +31,7 @@ export interface Clock {
 interface Lease {
   readonly id: string;
   readonly ttl: number;
-  timer: unknown;
+  timer: Timer | undefined;
   readonly keys: Set<string>;
 }
 
@@ -99,7 +99,7 @@ class Store {
   }
 
   close(): void {
-    for (const lease of this.#leases.values()) this.#clock.clearTimeout(lease.timer);
+    for (const lease of this.#leases.values()) lease.timer?.clear();
     this.#leases.clear();
     for (const connection of [...this.#connections]) connection.drop(new ClientClosedError(), true);
   }
@@ -165,7 +165,7 @@ class Store {
   revoke(id: string): void {
     const lease = this.#leases.get(id);
     if (!lease) return;
-    this.#clock.clearTimeout(lease.timer);
+    lease.timer?.clear();
     this.#leases.delete(id);
     this.delete(lease.keys);
   }
@@ -190,8 +190,8 @@ class Store {
   }
 
   #arm(lease: Lease): void {
-    this.#clock.clearTimeout(lease.timer);
-    lease.timer = this.#clock.setTimeout(() => this.revoke(lease.id), lease.ttl * 1000);
+    lease.timer?.clear();
+    lease.timer = later(lease.ttl * 1000, () => this.revoke(lease.id), this.#clock);
   }
 
   #matches(event: WatchEvent, watcher: Watcher): boolean {

@@ -16,6 +16,7 @@
  */
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
+import { later, type Timer } from "../_async.ts";
 import { backoff } from "../backoff.ts";
 import { checkService, type Endpoint } from "../endpoint.ts";
 import type { EtcdClient } from "../etcd/client.ts";
@@ -198,7 +199,7 @@ class PickedCall implements Call {
   #pending: Array<(call: Call) => void> = [];
   #call: Call | undefined;
   #done = false;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: Timer | undefined;
 
   constructor(owner: BalancedChannel, args: CreateCallArgs) {
     this.#owner = owner;
@@ -226,16 +227,16 @@ class PickedCall implements Call {
     const deadline = this.#args[1];
     const ms = deadline instanceof Date ? deadline.getTime() : deadline;
     if (Number.isFinite(ms)) {
-      this.#timer = setTimeout(() => {
+      this.#timer = later(ms - Date.now(), () => {
         this.fail(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded while waiting for an instance");
-      }, Math.max(0, ms - Date.now()));
+      });
     }
     this.#owner.pick(this);
   }
 
   /** Runs the call on the picked endpoint. */
   bind(entry: Entry): void {
-    clearTimeout(this.#timer);
+    this.#timer?.clear();
     const [method, deadline, host, parent, flags] = this.#args;
     const call = entry.channel.createCall(method, deadline, host, parent, flags);
     this.#call = call;
@@ -261,7 +262,7 @@ class PickedCall implements Call {
   fail(code: grpc.status, details: string): void {
     if (this.#done || this.#call) return;
     this.#done = true;
-    clearTimeout(this.#timer);
+    this.#timer?.clear();
     this.#owner.unqueue(this);
     const listener = this.#listener;
     this.#pending = [];
@@ -326,7 +327,7 @@ class BalancedChannel implements grpc.ChannelInterface {
   readonly #reported = new Set<string>();
   readonly #onError: (error: Error) => void;
   readonly #watchers = new Set<
-    { state: State; callback: (error?: Error) => void; timer?: ReturnType<typeof setTimeout> }
+    { state: State; callback: (error?: Error) => void; timer?: Timer }
   >();
   readonly #resolution: Resolution;
   #picker: Picker = () => undefined;
@@ -596,7 +597,7 @@ class BalancedChannel implements grpc.ChannelInterface {
     for (const watcher of [...this.#watchers]) {
       if (watcher.state !== state) {
         this.#watchers.delete(watcher);
-        clearTimeout(watcher.timer);
+        watcher.timer?.clear();
         watcher.callback();
       }
     }
@@ -659,17 +660,17 @@ class BalancedChannel implements grpc.ChannelInterface {
     const watcher: {
       state: State;
       callback: (error?: Error) => void;
-      timer?: ReturnType<typeof setTimeout>;
+      timer?: Timer;
     } = {
       state: currentState,
       callback,
     };
     const ms = deadline instanceof Date ? deadline.getTime() : deadline;
     if (Number.isFinite(ms)) {
-      watcher.timer = setTimeout(() => {
+      watcher.timer = later(ms - Date.now(), () => {
         this.#watchers.delete(watcher);
         callback(new Error("Deadline passed without connectivity state change"));
-      }, Math.max(0, ms - Date.now()));
+      });
     }
     this.#watchers.add(watcher);
   }
@@ -691,7 +692,7 @@ class BalancedChannel implements grpc.ChannelInterface {
     this.#entries.clear();
     this.#byEndpoint.clear();
     this.#setState(SHUTDOWN);
-    for (const watcher of this.#watchers) clearTimeout(watcher.timer);
+    for (const watcher of this.#watchers) watcher.timer?.clear();
     this.#watchers.clear();
   }
 }

@@ -8,6 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import { networkInterfaces } from "node:os";
 import { sleep } from "../_async.ts";
+import { milliseconds } from "../_options.ts";
 import { addrProblem, checkService } from "../endpoint.ts";
 import type { EtcdClient } from "../etcd/client.ts";
 import { checkTimings, register, type Registration } from "../register.ts";
@@ -76,14 +77,6 @@ function localAddress(): string {
   return "127.0.0.1";
 }
 
-function checkMs(value: unknown, name: string, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number" || !(value >= 0) || !Number.isFinite(value)) {
-    throw new RangeError(`options.${name} must be a non-negative number of ms, got ${value}`);
-  }
-  return value;
-}
-
 /**
  * Serves a grpc-js server under a service name: binds it (`bind`, default
  * `127.0.0.1:0`), adds the standard `grpc.health.v1.Health` service reporting
@@ -133,8 +126,8 @@ export async function serve(
       throw new TypeError(`options.advertise ${problem}, got ${JSON.stringify(options.advertise)}`);
     }
   }
-  const drainMs = checkMs(options.drainMs, "drainMs", 1000);
-  const shutdownMs = checkMs(options.shutdownMs, "shutdownMs", 5000);
+  const drainMs = milliseconds(options.drainMs, "drainMs", 1000, { zero: true });
+  const shutdownMs = milliseconds(options.shutdownMs, "shutdownMs", 5000, { zero: true });
   const { ttl, timeout } = checkTimings(options);
   options.signal?.throwIfAborted();
 
