@@ -55,6 +55,8 @@ export interface Registration extends AsyncDisposable {
 }
 
 const BACKOFF = { initial: 200, max: 3000 } as const;
+/** How long a key watch must stay open, without events, to count as progress. */
+const STEADY_MS = BACKOFF.max;
 
 /**
  * The longest lease TTL `register` accepts, in seconds (about 74 days): its
@@ -274,8 +276,10 @@ class RegistrationImpl implements Registration {
           // A key watch on a frozen member would miss a delete: notice within one TTL.
           heartbeat: (this.#ttl * 1000) / 3,
         });
+        const opened = Date.now();
         for await (const batch of batches) {
-          attempt = 0;
+          // Progress (events, or a watch that stayed up) resets the backoff; "created" does not.
+          if (batch.events.length > 0 || Date.now() - opened >= STEADY_MS) attempt = 0;
           for (const event of batch.events) {
             if (event.type === "delete") {
               this.#revision = Math.max(this.#revision, event.modRevision);

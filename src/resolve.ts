@@ -21,6 +21,9 @@ import { diffViews } from "./view.ts";
  * it would otherwise leave the view stale until gRPC keepalive notices (~15 s).
  */
 const HEARTBEAT_MS = 5000;
+const BACKOFF = { initial: 100, max: 3000 } as const;
+/** How long a watch must stay open, without events, to count as progress. */
+const STEADY_MS = BACKOFF.max;
 /** Options of {@linkcode resolve}. */
 export interface ResolveOptions {
   /** Ends the iterator and releases its share of the watch. */
@@ -126,8 +129,10 @@ class SharedWatch {
           signal,
           heartbeat: HEARTBEAT_MS,
         });
+        const opened = Date.now();
         for await (const batch of batches) {
-          attempt = 0;
+          // Progress (events, or a watch that stayed up) resets the backoff; "created" does not.
+          if (batch.events.length > 0 || Date.now() - opened >= STEADY_MS) attempt = 0;
           const updates: Update[] = [];
           for (const event of batch.events) {
             if (event.type === "put") {
@@ -160,7 +165,7 @@ class SharedWatch {
         }
         if (error instanceof CompactedError) relist = true;
         this.#report(asError(error));
-        await sleep(backoff(attempt++, { initial: 100, max: 3000 }), signal);
+        await sleep(backoff(attempt++, BACKOFF), signal);
       }
     }
   }

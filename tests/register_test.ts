@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { decodeEndpoint, type EtcdClient, register, type RegistrationState } from "../mod.ts";
 import { memoryClient, MemoryEtcd } from "../testing.ts";
 import { fakeTime } from "./fake_time.ts";
+import { withOverrides } from "./overrides.ts";
 
 Deno.test("register() puts <service>/<addr> with a lease of the TTL and the Go value", async () => {
   await using client = memoryClient();
@@ -399,13 +400,7 @@ Deno.test("register() puts the key again when a delete arrives while its put is 
       }
     },
   };
-  const client = new Proxy(real, {
-    get: (target, name) =>
-      overrides[name as keyof EtcdClient] ??
-        (typeof target[name as keyof typeof target] === "function"
-          ? (target[name as keyof typeof target] as (...args: unknown[]) => unknown).bind(target)
-          : target[name as keyof typeof target]),
-  });
+  const client = withOverrides(real, overrides);
   await using reg = await register(client, "svc/a", { addr: "a:1" }, { ttl: 10 });
   await other.delete(reg.key);
   await clock.tick(100);
@@ -430,4 +425,20 @@ Deno.test("register() with the longest TTL renews on time, not in a loop", async
   await clock.tick(6_442_450_000 / 3);
   assert.equal(renewals, 1, "one renewal after TTL/3");
   assert.equal((await client.get(reg.key)).kvs.length, 1);
+});
+
+Deno.test("register() backs off a key watch that opens and breaks at once", async () => {
+  using clock = fakeTime();
+  await using real = memoryClient();
+  let opens = 0;
+  const client = withOverrides(real, {
+    watch: async function* () {
+      opens++;
+      yield { revision: real.server.revision, events: [] }; // "created", then the stream breaks
+      throw new Error("the watch broke");
+    },
+  });
+  await using _reg = await register(client, "svc/a", { addr: "a:1" }, { onError: () => {} });
+  await clock.tick(60_000);
+  assert.ok(opens > 10 && opens < 100, `${opens} key watch opens in 60 s`);
 });

@@ -10,6 +10,8 @@ import {
   type Update,
 } from "../mod.ts";
 import { memoryClient, MemoryEtcd, UnavailableError } from "../testing.ts";
+import { fakeTime } from "./fake_time.ts";
+import { withOverrides } from "./overrides.ts";
 
 const value = (addr: string, metadata?: unknown) => encodeEndpoint({ addr, metadata });
 
@@ -253,4 +255,21 @@ Deno.test("resolve() settles next() calls made in parallel in order, then done a
   assert.deepEqual(await fourth, { value: undefined, done: true });
   await ended;
   assert.equal(client.server.stats().watches, 0);
+});
+
+Deno.test("resolve() backs off a watch that opens and breaks at once, instead of retrying every 100 ms", async () => {
+  using clock = fakeTime();
+  await using real = memoryClient();
+  let opens = 0;
+  const client = withOverrides(real, {
+    watch: async function* () {
+      opens++;
+      yield { revision: real.server.revision, events: [] }; // "created", then the stream breaks
+      throw new Error("the watch broke");
+    },
+  });
+  await using it = resolve(client, "svc/a", { onError: () => {} });
+  await next(it);
+  await clock.tick(60_000);
+  assert.ok(opens > 10 && opens < 100, `${opens} watch opens in 60 s`);
 });
