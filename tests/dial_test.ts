@@ -7,7 +7,14 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
-import { connect, consistentHash, type EtcdClient, register, weightedRoundRobin } from "../mod.ts";
+import {
+  connect,
+  consistentHash,
+  type EtcdClient,
+  register,
+  roundRobin,
+  weightedRoundRobin,
+} from "../mod.ts";
 import { dial, serve, type Serving } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
 import { healthCodec } from "../src/grpc/dial.ts";
@@ -19,7 +26,7 @@ import {
   startGreeter,
   startLoneGreeter,
 } from "../examples/greeter.ts";
-import { startEtcd } from "./etcd_server.ts";
+import { freePort, startEtcd } from "./etcd_server.ts";
 import { untilAllAnswer } from "./load.ts";
 import { sleep, until } from "./wait.ts";
 
@@ -437,6 +444,112 @@ Deno.test("dial: a call whose deadline is past a timer's range waits for an inst
     assert.equal(settled, "waiting", "the call is still waiting for an instance");
     await using _a = await startGreeter(etcd, SERVICE, "a", { drainMs: 0 });
     assert.equal(await outcome, "hello x");
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("dial: with etcd unreachable from the start, a plain call fails UNAVAILABLE naming etcd; a waitForReady call waits until its deadline", async () => {
+  const port = freePort();
+  await using client = connect({ hosts: `http://127.0.0.1:${port}`, dialTimeout: 500 });
+  const greeter = dial(client, SERVICE, Greeter, { onError: () => {} });
+  try {
+    // No deadline at all: before any resolution succeeded, a resolver error fails it at once.
+    const plain = await new Promise<grpc.ServiceError | undefined>((resolve) => {
+      greeter.SayHello({ name: "x" }, (error) => resolve(error ?? undefined));
+    });
+    assert.equal(plain?.code, grpc.status.UNAVAILABLE);
+    assert.match(
+      plain.details,
+      new RegExp(`cannot resolve "svc/dialed": etcd at http://127.0.0.1:${port} did not answer`),
+    );
+    const waiting = await sayHello(greeter, { name: "x" }, {
+      waitForReady: true,
+      deadline: Date.now() + 1000,
+    }).catch((error: grpc.ServiceError) => error);
+    assert.equal((waiting as grpc.ServiceError).code, grpc.status.DEADLINE_EXCEEDED);
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("dial: reports are muted per message for a while, never for good", async () => {
+  await using etcd = memoryClient();
+  await using _a = await startGreeter(etcd, SERVICE, "a", { drainMs: 0 });
+  const seen = new Set<string>();
+  let round = 0;
+  const greeter = dial(etcd, SERVICE, Greeter, {
+    onError: (error) => seen.add(error.message),
+    // A balancer that reports 1,500 distinct problems, twice each, whenever it is built.
+    balancer: (endpoints, context) => {
+      round++;
+      for (let i = 0; i < 1500; i++) context?.report?.(new Error(`problem ${i}`));
+      for (let i = 0; i < 1500; i++) context?.report?.(new Error(`problem ${i}`));
+      return roundRobin(endpoints);
+    },
+  });
+  try {
+    await sayHello(greeter, { name: "x" }, { waitForReady: true });
+    assert.ok(round > 0);
+    assert.equal(seen.size, 1500, "every distinct problem is reported");
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("dial: a picker may return a copy of an endpoint; one it was not given fails the call at once", async () => {
+  await using etcd = memoryClient();
+  await using _a = await startGreeter(etcd, SERVICE, "a", { drainMs: 0 });
+  const copies = dial(etcd, SERVICE, Greeter, {
+    balancer: (endpoints) => () => endpoints[0] && { ...endpoints[0] },
+  });
+  const errors: string[] = [];
+  const strangers = dial(etcd, SERVICE, Greeter, {
+    onError: (error) => errors.push(error.message),
+    balancer: (endpoints) => () => endpoints.length > 0 ? { addr: "10.9.9.9:1" } : undefined,
+  });
+  try {
+    assert.equal((await sayHello(copies, { name: "x" }, { waitForReady: true })).instance, "a");
+    const failed = await sayHello(strangers, { name: "x" }, { waitForReady: true }).catch((
+      error: grpc.ServiceError,
+    ) => error);
+    assert.equal((failed as grpc.ServiceError).code, grpc.status.INTERNAL);
+    assert.match(
+      (failed as grpc.ServiceError).details,
+      /not one of the ready instances.*10\.9\.9\.9:1/,
+    );
+    assert.equal(errors.filter((m) => m.includes("10.9.9.9:1")).length, 1);
+  } finally {
+    copies.close();
+    strangers.close();
+  }
+});
+
+Deno.test("dial: picker rebuilds are coalesced while many instances change state", async () => {
+  await using etcd = memoryClient();
+  const count = 200;
+  for (let i = 0; i < count; i++) {
+    // Nothing listens on these: each channel goes CONNECTING, then TRANSIENT_FAILURE.
+    await etcd.put(`${SERVICE}/${i}`, JSON.stringify({ Addr: `127.0.0.1:${freePort()}` }));
+  }
+  let builds = 0;
+  const greeter = dial(etcd, SERVICE, Greeter, {
+    balancer: (endpoints) => {
+      builds++;
+      return roundRobin(endpoints);
+    },
+  });
+  try {
+    const failed = await sayHello(greeter, { name: "x" }).catch((error: grpc.ServiceError) =>
+      error
+    );
+    assert.equal((failed as grpc.ServiceError).code, grpc.status.UNAVAILABLE);
+    assert.match(
+      (failed as grpc.ServiceError).details,
+      /no ready instance of "svc\/dialed" \(200 known\)/,
+    );
+    // One build per state change would be at least 2 per instance (CONNECTING, then failed).
+    assert.ok(builds < count, `${builds} picker builds for ${count} instances`);
   } finally {
     greeter.close();
   }

@@ -27,7 +27,13 @@ export interface BalancerContext {
   report?(error: Error): void;
 }
 
-/** Returns the endpoint for the next call, or `undefined` when there is none. */
+/**
+ * Returns the endpoint for the next call, or `undefined` when there is none.
+ * The endpoint must be one of those the picker was built with: the same object,
+ * or a copy with the same `addr`. `dial()` fails a call at once (INTERNAL, and
+ * a report to `onError`) when a picker returns any other endpoint; with
+ * `undefined`, the call waits for the next picker.
+ */
 export type Picker = (info?: PickInfo) => Endpoint | undefined;
 
 /**

@@ -18,11 +18,12 @@ import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { later, type Timer } from "../_async.ts";
 import { backoff } from "../backoff.ts";
-import { checkService, type Endpoint } from "../endpoint.ts";
+import { checkService, type Endpoint, EndpointDecodeError } from "../endpoint.ts";
 import type { EtcdClient } from "../etcd/client.ts";
 import type { Balancer, Picker, PickInfo } from "../balancers/balancer.ts";
 import { roundRobin } from "../balancers/round_robin.ts";
 import { type Resolution, resolve } from "../resolve.ts";
+import { Reports } from "./reports.ts";
 
 const { IDLE, CONNECTING, READY, TRANSIENT_FAILURE, SHUTDOWN } = grpc.connectivityState;
 type State = grpc.connectivityState;
@@ -48,7 +49,7 @@ export interface DialOptions {
    * instance is watched through `grpc.health.v1.Health/Watch` for `serviceName`
    * (`""`: the server as a whole), and gets calls only while it reports
    * SERVING. An instance that does not implement the health service is used
-   * as if it were SERVING, and reported once to `onError`. Default: off.
+   * as if it were SERVING, and reported to `onError`. Default: off.
    */
   readonly healthCheck?: { readonly serviceName: string };
   /** Builds the per-call picker over the READY instances. Default {@linkcode roundRobin}. */
@@ -62,8 +63,10 @@ export interface DialOptions {
   /** Closes the client when aborted. */
   readonly signal?: AbortSignal;
   /**
-   * Called with resolver problems (bad values in etcd, lost etcd connection) and,
-   * with TLS credentials, with why an instance cannot be connected to.
+   * Called with resolver problems (bad values in etcd, lost etcd connection),
+   * balancer reports and, with TLS credentials, why an instance cannot be
+   * connected to. Each distinct message at most once a minute. Default:
+   * `console.warn`.
    */
   readonly onError?: (error: Error) => void;
 }
@@ -323,9 +326,11 @@ class BalancedChannel implements grpc.ChannelInterface {
   readonly #secure: boolean;
   readonly #entries = new Map<string, Entry>();
   readonly #byEndpoint = new Map<Endpoint, Entry>();
+  /** Entries by address, for pickers that return a copy of an endpoint. */
+  readonly #byAddr = new Map<string, Set<Entry>>();
   readonly #queue = new Set<PickedCall>();
-  readonly #reported = new Set<string>();
-  readonly #onError: (error: Error) => void;
+  readonly #reports: Reports;
+  readonly #hosts: readonly string[];
   readonly #watchers = new Set<
     { state: State; callback: (error?: Error) => void; timer?: Timer }
   >();
@@ -333,6 +338,10 @@ class BalancedChannel implements grpc.ChannelInterface {
   #picker: Picker = () => undefined;
   #ready = 0;
   #loaded = false;
+  /** Why resolution failed, while it has never succeeded (gRPC: TRANSIENT_FAILURE then). */
+  #resolverError: Error | undefined;
+  /** The timer of a rebuild to come: rebuilds are coalesced, at most one per turn. */
+  #rebuildTimer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
   #state: State = CONNECTING;
   readonly #signal: AbortSignal | undefined;
@@ -358,9 +367,21 @@ class BalancedChannel implements grpc.ChannelInterface {
       : options.channelOptions ?? {};
     this.#healthService = options.healthCheck?.serviceName;
     this.#balancer = options.balancer ?? roundRobin;
-    this.#onError = options.onError ??
-      ((error) => console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`));
-    this.#resolution = resolve(client, service, { onError: options.onError });
+    this.#reports = new Reports(
+      options.onError ??
+        ((error) => console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`)),
+    );
+    this.#hosts = client.hosts;
+    this.#resolution = resolve(client, service, {
+      onError: (error) => {
+        if (!this.#loaded && !(error instanceof EndpointDecodeError)) {
+          // No instance list yet: calls fail fast with this reason, as gRPC does.
+          this.#resolverError = error;
+          this.#scheduleRebuild();
+        }
+        this.#report(error);
+      },
+    });
     void this.#follow();
   }
 
@@ -372,7 +393,8 @@ class BalancedChannel implements grpc.ChannelInterface {
           else this.#remove(update.key);
         }
         this.#loaded = true;
-        this.#rebuild();
+        this.#resolverError = undefined;
+        this.#scheduleRebuild();
       }
     } catch {
       // resolve() reports problems through onError and never throws here.
@@ -385,6 +407,7 @@ class BalancedChannel implements grpc.ChannelInterface {
       this.#byEndpoint.delete(old.endpoint);
       old.endpoint = endpoint;
       this.#byEndpoint.set(endpoint, old);
+      this.#scheduleRebuild();
       return;
     }
     if (old) this.#remove(key);
@@ -402,6 +425,9 @@ class BalancedChannel implements grpc.ChannelInterface {
     };
     this.#entries.set(key, entry);
     this.#byEndpoint.set(endpoint, entry);
+    let same = this.#byAddr.get(endpoint.addr);
+    if (!same) this.#byAddr.set(endpoint.addr, same = new Set());
+    same.add(entry);
     this.#watch(entry);
   }
 
@@ -415,7 +441,7 @@ class BalancedChannel implements grpc.ChannelInterface {
       if (state === TRANSIENT_FAILURE && this.#secure) this.#explainFailure(entry);
       if (state === READY) this.#startHealth(entry);
       else this.#stopHealth(entry);
-      this.#rebuild();
+      this.#scheduleRebuild();
     }
     if (state === SHUTDOWN) return;
     entry.channel.watchConnectivityState(state, Infinity, () => this.#watch(entry));
@@ -446,7 +472,7 @@ class BalancedChannel implements grpc.ChannelInterface {
           ),
         );
       }
-      this.#rebuild();
+      this.#scheduleRebuild();
     });
     const ended = (code: grpc.status) => {
       if (entry.healthWatch !== watch) return; // cancelled by #stopHealth
@@ -461,12 +487,12 @@ class BalancedChannel implements grpc.ChannelInterface {
             } does not implement grpc.health.v1 Watch: used without health checks`,
           ),
         );
-        this.#rebuild();
+        this.#scheduleRebuild();
         return;
       }
       // The stream broke or the server ended it: no calls until the instance answers again.
       entry.health = "pending";
-      this.#rebuild();
+      this.#scheduleRebuild();
       entry.healthRetry = setTimeout(() => {
         entry.healthRetry = undefined;
         if (entry.state === READY) this.#startHealth(entry);
@@ -530,15 +556,9 @@ class BalancedChannel implements grpc.ChannelInterface {
     });
   }
 
-  /** Reports each distinct problem once per client. */
+  /** Reports a problem, each distinct one at most once a minute. */
   #report(error: Error): void {
-    if (this.#reported.has(error.message) || this.#reported.size > 1000) return;
-    this.#reported.add(error.message);
-    try {
-      this.#onError(error);
-    } catch {
-      // A throwing handler must not break the client.
-    }
+    this.#reports.report(error);
   }
 
   #remove(key: string): void {
@@ -546,7 +566,11 @@ class BalancedChannel implements grpc.ChannelInterface {
     if (!entry) return;
     this.#entries.delete(key);
     this.#byEndpoint.delete(entry.endpoint);
+    const same = this.#byAddr.get(entry.endpoint.addr);
+    same?.delete(entry);
+    if (same?.size === 0) this.#byAddr.delete(entry.endpoint.addr);
     entry.removed = true;
+    this.#scheduleRebuild();
     if (entry.inflight === 0) this.#closeEntry(entry);
   }
 
@@ -561,6 +585,18 @@ class BalancedChannel implements grpc.ChannelInterface {
   finished(entry: Entry): void {
     entry.inflight--;
     if (entry.removed && entry.inflight === 0) this.#closeEntry(entry);
+  }
+
+  /**
+   * Rebuilds the picker once the current turn's changes are in: a start-up that
+   * connects many instances rebuilds a few times, not once per state change.
+   */
+  #scheduleRebuild(): void {
+    if (this.#closed || this.#rebuildTimer !== undefined) return;
+    this.#rebuildTimer = setTimeout(() => {
+      this.#rebuildTimer = undefined;
+      this.#rebuild();
+    }, 0);
   }
 
   #rebuild(): void {
@@ -584,7 +620,7 @@ class BalancedChannel implements grpc.ChannelInterface {
 
   #aggregate(): State {
     if (this.#closed) return SHUTDOWN;
-    if (!this.#loaded) return CONNECTING;
+    if (!this.#loaded) return this.#resolverError ? TRANSIENT_FAILURE : CONNECTING;
     const states = [...this.#entries.values()].map((e) => this.#effective(e));
     if (states.includes(READY)) return READY;
     if (states.some((s) => s === CONNECTING || s === IDLE)) return CONNECTING;
@@ -611,24 +647,54 @@ class BalancedChannel implements grpc.ChannelInterface {
     }
     if (this.#ready > 0) {
       const endpoint = this.#picker(call.info);
-      const entry = endpoint && this.#byEndpoint.get(endpoint);
+      const entry = endpoint && this.#entryOf(endpoint);
       if (entry && this.#effective(entry) === READY) {
         this.#queue.delete(call);
         call.bind(entry);
         return;
       }
+      if (endpoint && !entry && !this.#rebuildTimer) {
+        // The picker is current, yet it returned an endpoint it was not given.
+        const error = new Error(
+          `the balancer returned an endpoint that is not one of the ready instances it was ` +
+            `given (addr ${JSON.stringify(endpoint.addr)}): a picker must return one of them`,
+        );
+        this.#report(error);
+        this.#queue.delete(call);
+        call.fail(grpc.status.INTERNAL, `grpc-etcd: ${error.message}`);
+        return;
+      }
     }
-    if (this.#state === TRANSIENT_FAILURE && !call.waitForReady) {
+    // A rebuild to come may change the state: the call waits for it, then is picked again.
+    if (this.#state === TRANSIENT_FAILURE && !call.waitForReady && !this.#rebuildTimer) {
       this.#queue.delete(call);
+      const resolverError = this.#resolverError;
       call.fail(
         grpc.status.UNAVAILABLE,
-        `grpc-etcd: no ready instance of ${
-          JSON.stringify(this.#service)
-        } (${this.#entries.size} known)`,
+        resolverError
+          ? `grpc-etcd: cannot resolve ${JSON.stringify(this.#service)}: etcd at ${
+            this.#hosts.join(", ")
+          } did not answer: ${resolverError.message}`
+          : `grpc-etcd: no ready instance of ${
+            JSON.stringify(this.#service)
+          } (${this.#entries.size} known)`,
       );
       return;
     }
     this.#queue.add(call);
+  }
+
+  /**
+   * The entry of a picked endpoint: the very object the picker was given, or a
+   * copy of it (an endpoint with the address of a ready instance).
+   */
+  #entryOf(endpoint: Endpoint): Entry | undefined {
+    const entry = this.#byEndpoint.get(endpoint);
+    if (entry) return entry;
+    const same = this.#byAddr.get(endpoint.addr);
+    if (!same) return undefined;
+    for (const candidate of same) if (this.#effective(candidate) === READY) return candidate;
+    return same.values().next().value;
   }
 
   unqueue(call: PickedCall): void {
@@ -691,6 +757,8 @@ class BalancedChannel implements grpc.ChannelInterface {
     for (const entry of this.#entries.values()) this.#closeEntry(entry);
     this.#entries.clear();
     this.#byEndpoint.clear();
+    this.#byAddr.clear();
+    clearTimeout(this.#rebuildTimer);
     this.#setState(SHUTDOWN);
     for (const watcher of this.#watchers) watcher.timer?.clear();
     this.#watchers.clear();
@@ -704,9 +772,12 @@ class BalancedChannel implements grpc.ChannelInterface {
  * An instance whose connection fails is skipped while others are ready. With
  * no instance available, a call with `waitForReady` (set through
  * `new Metadata({ waitForReady: true })`) waits until its deadline and succeeds
- * if one appears; a call without it fails fast with UNAVAILABLE. A resolver
- * error keeps the last known instances. A call cut off by a broken connection
- * fails UNAVAILABLE. `client.close()` releases the watch and every connection.
+ * if one appears; a call without it fails fast with UNAVAILABLE. Before the
+ * first successful read of the service from etcd, a resolver error (etcd
+ * unreachable, say) fails such calls at once with UNAVAILABLE naming etcd's
+ * hosts and the reason; after it, a resolver error keeps the last known
+ * instances. A call cut off by a broken connection fails UNAVAILABLE.
+ * `client.close()` releases the watch and every connection.
  *
  * @example
  * ```ts ignore

@@ -1,0 +1,34 @@
+import assert from "node:assert/strict";
+import { Reports } from "../src/grpc/reports.ts";
+
+Deno.test("Reports passes a message once per window, and again after it", () => {
+  let now = 0;
+  const seen: string[] = [];
+  const reports = new Reports((error) => seen.push(error.message), 60_000, () => now);
+  reports.report(new Error("a"));
+  reports.report(new Error("a"));
+  now = 59_999;
+  reports.report(new Error("a"));
+  assert.deepEqual(seen, ["a"]);
+  now = 60_000;
+  reports.report(new Error("a"));
+  assert.deepEqual(seen, ["a", "a"], "a flapping instance is reported again later");
+});
+
+Deno.test("Reports never mutes new messages, however many came before", () => {
+  let now = 0;
+  const seen: string[] = [];
+  const reports = new Reports((error) => seen.push(error.message), 60_000, () => now);
+  for (let i = 0; i < 5000; i++) {
+    now = i;
+    reports.report(new Error(`instance 10.0.${i >> 8}.${i & 255}:50051 gets no calls`));
+  }
+  assert.equal(seen.length, 5000);
+});
+
+Deno.test("Reports survives a throwing handler", () => {
+  const reports = new Reports(() => {
+    throw new Error("handler");
+  });
+  reports.report(new Error("a"));
+});
