@@ -5,7 +5,7 @@
  *
  *   deno run --allow-run .ci/doc_lint.ts
  */
-const ENTRY_POINTS = ["mod.ts", "core.ts", "testing.ts", "grpc.ts"];
+const ENTRY_POINTS = ["mod.ts", "core.ts", "fetch.ts", "testing.ts", "grpc.ts"];
 // Types of npm:@grpc/grpc-js that the public API of grpc.ts names.
 const GRPC_JS_TYPES = new Set([
   "ChannelCredentials",

@@ -146,13 +146,17 @@ export class AuthenticationError extends Error {
    *
    * @param user the user name given in `auth`, or `undefined` when none was
    *   given but etcd has auth enabled
-   * @param options the underlying cause
+   * @param options the underlying cause, and `factory`: the function that made
+   *   the client, named in the message (default `connect()`)
    */
-  constructor(user: string | undefined, options?: ErrorOptions) {
+  constructor(
+    user: string | undefined,
+    options?: ErrorOptions & { readonly factory?: string },
+  ) {
     super(
       user === undefined
         ? "etcd has auth enabled and needs a user name and password: give them as options.auth " +
-          "to connect()"
+          `to ${options?.factory ?? "connect()"}`
         : `etcd rejected the user name or password (user ${JSON.stringify(user)})`,
       options,
     );

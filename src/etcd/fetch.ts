@@ -1,0 +1,963 @@
+/**
+ * {@linkcode EtcdClient} over etcd's JSON gateway (`/v3/…` on the client port,
+ * etcd ≥ 3.4) and the web-standard `fetch`: no npm package, no `node:` module,
+ * no runtime-specific API, so that discovery runs wherever `fetch` and
+ * streams do (Deno, Node, Bun, Cloudflare's workerd).
+ *
+ * @module
+ */
+import { abortable, asError, Queue } from "../_async.ts";
+import {
+  AuthenticationError,
+  ClientClosedError,
+  type EtcdClient,
+  type KeyValue,
+  LeaseNotFoundError,
+  PermissionDeniedError,
+  type RangeResult,
+  type WatchBatch,
+  type WatchEvent,
+  type WatchOptions,
+} from "./client.ts";
+import {
+  base64ToText,
+  classify,
+  fromBase64,
+  judgeAnswer,
+  judgeCancel,
+  judgeStatus,
+  notEtcd,
+  prefixEnd,
+  readStatus,
+  type RequestContext,
+  toBase64,
+  type Verdict,
+} from "./gateway.ts";
+
+/**
+ * The `fetch` a client sends its requests with: the runtime's own, or one that
+ * adds TLS settings (a private CA, a client certificate), a proxy or headers.
+ * The global `fetch` of every runtime fits.
+ */
+export type FetchFunction = (url: string, init: RequestInit) => Promise<Response>;
+
+/** Options of {@linkcode connectFetch}. */
+export interface ConnectFetchOptions {
+  /**
+   * etcd client URLs, e.g. `"http://10.0.0.5:2379"` or `"https://etcd.internal:2379"`
+   * (all http or all https), or `"host:port"` for plain HTTP.
+   */
+  readonly hosts: string | readonly string[];
+  /** User and password, when etcd has auth enabled. */
+  readonly auth?: { readonly username: string; readonly password: string };
+  /**
+   * The `fetch` to use (default: the global one), e.g. one that presents a
+   * client certificate or trusts a private CA (see {@linkcode connectFetch}).
+   */
+  readonly fetch?: FetchFunction;
+  /**
+   * How long each request attempt may take, in ms, from sending it to etcd's
+   * answer (for a watch: to etcd's "created"). Default 5000. A call retried
+   * on another host gets a fresh deadline.
+   */
+  readonly dialTimeout?: number;
+}
+
+/** How long a host whose request failed or hung goes to the back of the line, in ms. */
+const AVOID_MS = 5000;
+
+const encoder = new TextEncoder();
+
+interface Host {
+  /** As the user gave it, for messages. */
+  readonly name: string;
+  /** `scheme://host[:port]`, the base of every request URL. */
+  readonly origin: string;
+  /** Until when new requests try this host last. */
+  avoidUntil: number;
+}
+
+/** A parsed JSON object, as the gateway sends them. */
+type Json = Record<string, unknown>;
+
+function isRecord(value: unknown): value is Json {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$/;
+
+function parseHost(entry: unknown): { host: Host; scheme: string } | undefined {
+  if (typeof entry !== "string" || entry === "" || entry.trim() !== entry) return undefined;
+  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(entry);
+  if (!scheme && !HOST_PORT.test(entry)) return undefined;
+  let url: URL;
+  try {
+    url = new URL(scheme ? entry : `http://${entry}`);
+  } catch {
+    return undefined;
+  }
+  if (
+    (url.protocol !== "http:" && url.protocol !== "https:") || url.username || url.password ||
+    url.search || url.hash || entry.endsWith("?") || entry.endsWith("#") ||
+    (url.pathname !== "/" && url.pathname !== "") || url.hostname === "" || url.port === "0"
+  ) {
+    return undefined;
+  }
+  return { host: { name: entry, origin: url.origin, avoidUntil: 0 }, scheme: url.protocol };
+}
+
+function checkHosts(hosts: unknown): Host[] {
+  const list = typeof hosts === "string" ? [hosts] : hosts;
+  if (!Array.isArray(list) || list.length === 0) {
+    throw new TypeError(
+      `options.hosts must be a non-empty string or array of etcd client URLs, got ${
+        JSON.stringify(hosts)
+      }`,
+    );
+  }
+  const schemes = new Set<string>();
+  const parsed = list.map((entry) => {
+    const result = parseHost(entry);
+    if (!result) {
+      throw new TypeError(
+        `options.hosts entries must be "http(s)://host[:port]" or "host:port", got ${
+          JSON.stringify(entry)
+        }`,
+      );
+    }
+    schemes.add(result.scheme);
+    return result.host;
+  });
+  if (schemes.size > 1) {
+    throw new TypeError(
+      `options.hosts must be all https:// or all http://, got ${JSON.stringify(list)}`,
+    );
+  }
+  return parsed;
+}
+
+function toKeyValue(kv: Json): KeyValue {
+  return {
+    key: base64ToText(kv.key as string | undefined),
+    value: fromBase64(kv.value as string | undefined),
+    modRevision: Number(kv.mod_revision ?? 0),
+    lease: String(kv.lease ?? "0"),
+  };
+}
+
+function toRange(value: Json): RangeResult {
+  const kvs = Array.isArray(value.kvs) ? value.kvs.filter(isRecord).map(toKeyValue) : [];
+  return { revision: revisionOf(value), kvs };
+}
+
+function revisionOf(message: Json): number {
+  return Number((message.header as Json | undefined)?.revision ?? 0);
+}
+
+function toEvent(event: Json): WatchEvent {
+  const kv = isRecord(event.kv) ? event.kv : {};
+  return event.type === "DELETE" || event.type === 1
+    ? { type: "delete", key: base64ToText(kv.key as string), modRevision: Number(kv.mod_revision) }
+    : { type: "put", kv: toKeyValue(kv) };
+}
+
+/** Reads a body of newline-delimited JSON one line at a time. */
+class Lines {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #decoder = new TextDecoder();
+  #buffer = "";
+  #scanned = 0;
+  #done = false;
+
+  constructor(body: ReadableStream<Uint8Array> | null) {
+    this.#reader = (body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() }))
+      .getReader();
+  }
+
+  /** The next non-empty line, or the unterminated rest at the end; `undefined` after it. */
+  async next(): Promise<string | undefined> {
+    while (true) {
+      const newline = this.#buffer.indexOf("\n", this.#scanned);
+      if (newline >= 0) {
+        const line = this.#buffer.slice(0, newline);
+        this.#buffer = this.#buffer.slice(newline + 1);
+        this.#scanned = 0;
+        if (line.trim() !== "") return line;
+        continue;
+      }
+      this.#scanned = this.#buffer.length;
+      if (this.#done) {
+        const rest = this.#buffer;
+        this.#buffer = "";
+        this.#scanned = 0;
+        return rest.trim() === "" ? undefined : rest;
+      }
+      const { value, done } = await this.#reader.read();
+      if (done) {
+        this.#done = true;
+        this.#buffer += this.#decoder.decode();
+      } else {
+        this.#buffer += this.#decoder.decode(value, { stream: true });
+      }
+    }
+  }
+
+  /** Stops reading and releases the body. */
+  async cancel(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+}
+
+/** The first line of a body (a stream's first message), releasing the rest. */
+async function firstLine(response: Response): Promise<string> {
+  const lines = new Lines(response.body);
+  try {
+    return (await lines.next()) ?? "";
+  } finally {
+    await lines.cancel();
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A failure already explained (naming the host): the call moves on to the next host. */
+class HostFailure extends Error {}
+
+/** A message and its cause's, once (runtimes put what failed in `cause`). */
+function describe(error: unknown): string {
+  const e = asError(error);
+  const cause = e.cause instanceof Error ? e.cause.message : e.cause ? String(e.cause) : "";
+  return cause && !e.message.includes(cause) ? `${e.message}: ${cause}` : e.message;
+}
+
+/** An outcome of one exchange with one host: a value, or what etcd's answer means. */
+type Outcome<T> = { readonly value: T } | { readonly verdict: Verdict };
+
+/** One request attempt: its host, token, deadline and what it is for. */
+interface Attempt {
+  readonly host: Host;
+  readonly token: string | undefined;
+  readonly signal: AbortSignal;
+  readonly context: RequestContext;
+}
+
+/** The state of a watch once etcd has created it. */
+interface OpenWatch {
+  readonly lines: Lines;
+  readonly created: WatchBatch;
+}
+
+class FetchClient implements EtcdClient {
+  readonly hosts: readonly string[];
+  readonly #hosts: readonly Host[];
+  readonly #fetch: FetchFunction;
+  readonly #timeout: number;
+  readonly #auth: { readonly username: string; readonly password: string } | undefined;
+  /** Every request and stream in flight: close() aborts them. */
+  readonly #inflight = new Set<AbortController>();
+  /** The auth token: `undefined` until taken, `""` when etcd has auth off. */
+  #token: string | undefined;
+  #authenticating: Promise<string> | undefined;
+  #closed = false;
+
+  constructor(
+    hosts: readonly Host[],
+    fetcher: FetchFunction,
+    timeout: number,
+    auth: { readonly username: string; readonly password: string } | undefined,
+  ) {
+    this.#hosts = hosts;
+    this.hosts = hosts.map((host) => host.name);
+    this.#fetch = fetcher;
+    this.#timeout = timeout;
+    this.#auth = auth;
+  }
+
+  /** Hosts in the order to try: those not avoided, shuffled, then the avoided ones. */
+  #order(): Host[] {
+    const now = Date.now();
+    const fresh = this.#hosts.filter((host) => host.avoidUntil <= now);
+    for (let i = fresh.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [fresh[i], fresh[j]] = [fresh[j]!, fresh[i]!];
+    }
+    const avoided = this.#hosts.filter((host) => host.avoidUntil > now)
+      .sort((a, b) => a.avoidUntil - b.avoidUntil);
+    return [...fresh, ...avoided];
+  }
+
+  #avoid(host: Host): void {
+    host.avoidUntil = Date.now() + AVOID_MS;
+  }
+
+  #forgetToken(token: string | undefined): void {
+    if (token !== undefined && this.#token === token) this.#token = undefined;
+  }
+
+  /** An abort controller registered for close(), with a deadline when `ms` is given. */
+  #controller(ms?: number): {
+    controller: AbortController;
+    timedOut: () => boolean;
+    stopTimer: () => void;
+    release: () => void;
+  } {
+    const controller = new AbortController();
+    let expired = false;
+    const timer = ms === undefined ? undefined : setTimeout(() => {
+      expired = true;
+      controller.abort(new DOMException(`no answer within ${ms} ms`, "TimeoutError"));
+    }, ms);
+    this.#inflight.add(controller);
+    return {
+      controller,
+      timedOut: () => expired,
+      stopTimer: () => clearTimeout(timer),
+      release: () => {
+        clearTimeout(timer);
+        this.#inflight.delete(controller);
+      },
+    };
+  }
+
+  #post(host: Host, path: string, body: unknown, token: string | undefined, signal: AbortSignal) {
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (token) headers.authorization = token;
+    return this.#fetch(`${host.origin}${path}`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+      signal,
+      redirect: "manual",
+    });
+  }
+
+  /** The token to send to `host`, authenticating first when there is none. */
+  async #tokenFor(host: Host, signal: AbortSignal): Promise<string | undefined> {
+    if (!this.#auth) return undefined;
+    if (this.#token !== undefined) return this.#token || undefined;
+    this.#authenticating ??= this.#authenticate(host).finally(() => {
+      this.#authenticating = undefined;
+    });
+    return (await abortable(this.#authenticating, signal)) || undefined;
+  }
+
+  async #authenticate(host: Host): Promise<string> {
+    const auth = this.#auth!;
+    const context: RequestContext = {
+      host: host.name,
+      path: "/v3/auth/authenticate",
+      operation: `authenticating as user ${JSON.stringify(auth.username)}`,
+      user: auth.username,
+    };
+    const { controller, timedOut, release } = this.#controller(this.#timeout);
+    try {
+      const response = await this.#post(
+        host,
+        context.path,
+        { name: auth.username, password: auth.password },
+        undefined,
+        controller.signal,
+      );
+      const text = await response.text();
+      const value = parseJson(text);
+      if (response.ok) {
+        if (isRecord(value) && typeof value.token === "string" && value.token !== "") {
+          this.#token = value.token;
+          return value.token;
+        }
+        throw new HostFailure(notEtcd(response.status, null, text, context).message);
+      }
+      const status = readStatus(value);
+      if (status && classify(status.code, status.message) === "auth-disabled") {
+        this.#token = "";
+        return "";
+      }
+      const verdict = judgeAnswer(
+        response.status,
+        response.headers.get("content-type"),
+        text,
+        context,
+      );
+      if (verdict.error instanceof AuthenticationError) throw verdict.error;
+      throw new HostFailure(verdict.error.message, { cause: verdict.error });
+    } catch (error) {
+      if (error instanceof HostFailure || error instanceof AuthenticationError) throw error;
+      if (this.#closed) throw new ClientClosedError({ cause: error });
+      if (timedOut()) {
+        throw new HostFailure(
+          `etcd at ${host.name} did not answer ${context.operation} within ${this.#timeout} ms`,
+          { cause: error },
+        );
+      }
+      throw new HostFailure(this.#unreachable(host, context.operation, error), { cause: error });
+    } finally {
+      release();
+    }
+  }
+
+  /** Says that `host` could not be reached, with a hint when the error tells why. */
+  #unreachable(host: Host, operation: string, error: unknown): string {
+    const text = describe(error);
+    const https = host.origin.startsWith("https:");
+    const hint = https &&
+        /certificate|UnknownIssuer|NotValidForName|self[- ]signed|unable to verify/i.test(text)
+      ? " (etcd's certificate is not trusted as given: to trust a private CA or present a " +
+        "client certificate, pass options.fetch; see connectFetch())"
+      : https && /handshake eof|corrupt message|InvalidContentType|wrong version|packet length/i
+          .test(text)
+      ? " (the TLS handshake failed: if etcd serves plain HTTP, give http:// hosts)"
+      : https && /alert|certificate required|handshake/i.test(text)
+      ? " (etcd ended the TLS handshake: it may require a client certificate, given through " +
+        "options.fetch)"
+      : "";
+    return `could not reach etcd at ${host.name} while ${operation}: ${text}${hint}`;
+  }
+
+  /**
+   * Runs one call: tries each host at most once, in {@linkcode #order}, each
+   * attempt bounded by the dial timeout (and what is left of `timeout`), renews
+   * the auth token once per host when etcd rejects it, and moves on to the next
+   * host when one did not answer as etcd or said it cannot serve the call.
+   */
+  async #run<T>(
+    operation: string,
+    path: string,
+    exchange: (attempt: Attempt) => Promise<Outcome<T>>,
+    options: { lease?: string; timeout?: number; signal?: AbortSignal; keep?: boolean } = {},
+  ): Promise<{ value: T; host: Host; controller: AbortController }> {
+    if (this.#closed) throw new ClientClosedError();
+    const started = Date.now();
+    const failures: Error[] = [];
+    const user = this.#auth?.username;
+    for (const host of this.#order()) {
+      const left = options.timeout === undefined
+        ? this.#timeout
+        : Math.min(this.#timeout, options.timeout - (Date.now() - started));
+      if (left <= 0) break;
+      const context: RequestContext = {
+        host: host.name,
+        path,
+        operation,
+        user,
+        lease: options.lease,
+      };
+      for (let renewed = false;;) {
+        const { controller, timedOut, stopTimer, release } = this.#controller(left);
+        const onAbort = () => controller.abort(options.signal?.reason);
+        options.signal?.addEventListener("abort", onAbort, { once: true });
+        let token: string | undefined;
+        let verdict: Verdict;
+        let kept = false;
+        try {
+          token = await this.#tokenFor(host, controller.signal);
+          const outcome = await exchange({ host, token, signal: controller.signal, context });
+          if ("value" in outcome) {
+            host.avoidUntil = 0;
+            kept = options.keep === true;
+            return { value: outcome.value, host, controller };
+          }
+          verdict = outcome.verdict;
+        } catch (error) {
+          if (this.#closed) throw new ClientClosedError({ cause: error });
+          if (options.signal?.aborted) throw options.signal.reason;
+          if (
+            error instanceof AuthenticationError || error instanceof PermissionDeniedError ||
+            error instanceof LeaseNotFoundError
+          ) throw error;
+          const failure = error instanceof HostFailure
+            ? error
+            : timedOut()
+            ? new Error(`etcd at ${host.name} did not answer ${operation} within ${left} ms`, {
+              cause: error,
+            })
+            : new Error(this.#unreachable(host, operation, error), { cause: error });
+          // Some etcd releases answer a request with a stale token by closing the connection
+          // (etcd issues 15256, 20332): take a new token for the next attempt.
+          if (!timedOut()) this.#forgetToken(token);
+          this.#avoid(host);
+          failures.push(failure);
+          break;
+        } finally {
+          options.signal?.removeEventListener("abort", onAbort);
+          if (kept) {
+            stopTimer();
+          } else {
+            release();
+          }
+        }
+        if (verdict.retry === "token" && this.#auth && !renewed) {
+          this.#forgetToken(token ?? "");
+          renewed = true;
+          continue;
+        }
+        if (verdict.retry === "host") {
+          this.#avoid(host);
+          failures.push(verdict.error);
+          break;
+        }
+        throw verdict.error;
+      }
+    }
+    if (failures.length === 1) throw failures[0];
+    if (failures.length === 0) {
+      throw new Error(
+        `no etcd host was tried for ${operation} within ${options.timeout} ms (${
+          this.hosts.join(", ")
+        })`,
+      );
+    }
+    throw new Error(
+      `no etcd host answered ${operation}: ${failures.map((f) => f.message).join("; ")}`,
+      { cause: failures[failures.length - 1] },
+    );
+  }
+
+  /** A unary call: POST `body` to `path` and read the answer with `read`. */
+  async #unary<T>(
+    operation: string,
+    path: string,
+    body: unknown,
+    read: (message: Json) => T,
+    options: { lease?: string; timeout?: number; stream?: boolean } = {},
+  ): Promise<T> {
+    const { value } = await this.#run<T>(
+      operation,
+      path,
+      async ({ host, token, signal, context }) => {
+        const response = await this.#post(host, path, body, token, signal);
+        const text = options.stream ? await firstLine(response) : await response.text();
+        const contentType = response.headers.get("content-type");
+        if (!response.ok) {
+          return {
+            verdict: judgeAnswer(response.status, contentType, text, context),
+          };
+        }
+        const parsed = parseJson(text);
+        const status = options.stream ? readStatus(parsed) : undefined;
+        if (status) return { verdict: judgeStatus(status, context) };
+        const message = options.stream && isRecord(parsed) ? parsed.result : parsed;
+        if (!isRecord(message) || !isRecord(message.header)) {
+          return {
+            verdict: { retry: "host", error: notEtcd(response.status, contentType, text, context) },
+          };
+        }
+        try {
+          return { value: read(message) };
+        } catch (error) {
+          return { verdict: { retry: false, error: asError(error) } };
+        }
+      },
+      options,
+    );
+    return value;
+  }
+
+  getPrefix(prefix: string): Promise<RangeResult> {
+    if (prefix === "") return Promise.reject(new TypeError("prefix must not be empty"));
+    const key = encoder.encode(prefix);
+    return this.#unary(
+      `reading the prefix ${JSON.stringify(prefix)}`,
+      "/v3/kv/range",
+      { key: toBase64(key), range_end: toBase64(prefixEnd(key)) },
+      toRange,
+    );
+  }
+
+  get(key: string): Promise<RangeResult> {
+    return this.#unary(
+      `reading ${JSON.stringify(key)}`,
+      "/v3/kv/range",
+      { key: toBase64(encoder.encode(key)) },
+      toRange,
+    );
+  }
+
+  put(key: string, value: string, lease?: string): Promise<number> {
+    const leased = lease !== undefined && lease !== "0";
+    return this.#unary(
+      `writing ${JSON.stringify(key)}`,
+      "/v3/kv/put",
+      {
+        key: toBase64(encoder.encode(key)),
+        value: toBase64(encoder.encode(value)),
+        lease: leased ? lease : undefined,
+      },
+      revisionOf,
+      { lease: leased ? lease : undefined },
+    );
+  }
+
+  delete(key: string): Promise<number> {
+    return this.#unary(
+      `deleting ${JSON.stringify(key)}`,
+      "/v3/kv/deleterange",
+      { key: toBase64(encoder.encode(key)) },
+      revisionOf,
+    );
+  }
+
+  grantLease(ttl: number): Promise<string> {
+    return this.#unary("granting a lease", "/v3/lease/grant", { TTL: ttl }, (message) => {
+      if (typeof message.error === "string" && message.error !== "") {
+        throw new Error(`etcd refused a lease of ${ttl} s: ${message.error}`);
+      }
+      return String(message.ID);
+    });
+  }
+
+  keepAlive(lease: string, options: { timeout?: number } = {}): Promise<number> {
+    return this.#unary(
+      `renewing lease ${lease}`,
+      "/v3/lease/keepalive",
+      { ID: lease },
+      // An answer without a TTL: the lease is gone.
+      (message) => Number(message.TTL ?? 0),
+      { timeout: options.timeout, stream: true },
+    );
+  }
+
+  async revokeLease(lease: string): Promise<void> {
+    try {
+      await this.#unary(`revoking lease ${lease}`, "/v3/lease/revoke", { ID: lease }, () => {}, {
+        lease,
+      });
+    } catch (error) {
+      if (!(error instanceof LeaseNotFoundError)) throw error;
+    }
+  }
+
+  /** Opens a watch on the first host that creates it, and reads etcd's "created". */
+  #openWatch(
+    operation: string,
+    request: unknown,
+    signal: AbortSignal | undefined,
+  ): Promise<{ value: OpenWatch; host: Host; controller: AbortController }> {
+    return this.#run<OpenWatch>(
+      operation,
+      "/v3/watch",
+      async ({ host, token, signal, context }) => {
+        const response = await this.#post(host, "/v3/watch", request, token, signal);
+        const contentType = response.headers.get("content-type");
+        if (!response.ok) {
+          const text = await response.text();
+          return { verdict: judgeAnswer(response.status, contentType, text, context) };
+        }
+        const lines = new Lines(response.body);
+        let open = false;
+        try {
+          const line = await lines.next() ?? "";
+          const parsed = parseJson(line);
+          const status = readStatus(parsed);
+          if (status) return { verdict: judgeStatus(status, context) };
+          const result = isRecord(parsed) ? parsed.result : undefined;
+          if (!isRecord(result) || !isRecord(result.header) || result.created !== true) {
+            return {
+              verdict: {
+                retry: "host",
+                error: notEtcd(response.status, contentType, line, context),
+              },
+            };
+          }
+          if (result.canceled === true) {
+            return {
+              verdict: judgeCancel(
+                Number(result.compact_revision ?? 0),
+                String(result.cancel_reason ?? ""),
+                context,
+              ),
+            };
+          }
+          open = true;
+          return { value: { lines, created: { revision: revisionOf(result), events: [] } } };
+        } finally {
+          if (!open) await lines.cancel();
+        }
+      },
+      { signal, keep: true },
+    );
+  }
+
+  /**
+   * A cheap request to the host of a watch (a serializable count of the watched
+   * key, answered by that member alone); resolves on any HTTP answer.
+   */
+  async #probe(host: Host, key: string, signal: AbortSignal): Promise<void> {
+    const token = this.#token || undefined;
+    try {
+      const response = await this.#post(
+        host,
+        "/v3/kv/range",
+        { key, count_only: true, serializable: true },
+        token,
+        signal,
+      );
+      await response.body?.cancel();
+    } catch (error) {
+      if (!signal.aborted) this.#forgetToken(token);
+      throw error;
+    }
+  }
+
+  async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
+    const { startRevision, signal, exact = false, heartbeat } = options;
+    if (signal?.aborted) return;
+    const bytes = encoder.encode(prefix);
+    const key = toBase64(bytes);
+    const operation = `watching ${JSON.stringify(prefix)}`;
+    const request = {
+      create_request: {
+        key,
+        range_end: exact ? undefined : toBase64(prefixEnd(bytes)),
+        start_revision: startRevision > 0 ? String(startRevision) : undefined,
+      },
+    };
+    let opened: { value: OpenWatch; host: Host; controller: AbortController };
+    try {
+      opened = await this.#openWatch(operation, request, signal);
+    } catch (error) {
+      if (signal?.aborted && !this.#closed) return;
+      throw error;
+    }
+    const { value: { lines, created }, host, controller } = opened;
+    const context: RequestContext = {
+      host: host.name,
+      path: "/v3/watch",
+      operation,
+      user: this.#auth?.username,
+    };
+    const queue = new Queue<WatchBatch>();
+    const stop = () => queue.end();
+    signal?.addEventListener("abort", stop, { once: true });
+    queue.push(created);
+    // Whether a heartbeat went unanswered: no probe answer and no message since it was sent.
+    let waiting = false;
+    const pump = (async () => {
+      try {
+        while (true) {
+          const line = await lines.next();
+          if (line === undefined) {
+            if (this.#closed) {
+              queue.fail(new ClientClosedError());
+            } else if (!controller.signal.aborted) {
+              this.#avoid(host);
+              queue.fail(
+                new Error(`etcd at ${host.name} ended the watch stream while ${operation}`),
+              );
+            }
+            return;
+          }
+          waiting = false;
+          const parsed = parseJson(line);
+          const status = readStatus(parsed);
+          const result = isRecord(parsed) ? parsed.result : undefined;
+          if (status || !isRecord(result)) {
+            const error = status
+              ? judgeStatus(status, context).error
+              : notEtcd(200, null, line, context);
+            if (!status || classify(status.code, status.message) === "unavailable") {
+              this.#avoid(host);
+            }
+            queue.fail(error);
+            return;
+          }
+          if (result.canceled === true) {
+            const verdict = judgeCancel(
+              Number(result.compact_revision ?? 0),
+              String(result.cancel_reason ?? ""),
+              context,
+            );
+            if (verdict.retry === "token") {
+              this.#forgetToken(this.#token ?? "");
+              queue.fail(
+                new Error(
+                  `${verdict.error.message} (the auth token is renewed for the next attempt)`,
+                  {
+                    cause: verdict.error,
+                  },
+                ),
+              );
+            } else {
+              queue.fail(verdict.error);
+            }
+            return;
+          }
+          const events = Array.isArray(result.events) ? result.events.filter(isRecord) : [];
+          queue.push({ revision: revisionOf(result), events: events.map(toEvent) });
+        }
+      } catch (error) {
+        if (this.#closed) {
+          queue.fail(new ClientClosedError({ cause: error }));
+        } else if (!controller.signal.aborted) {
+          this.#avoid(host);
+          queue.fail(
+            new Error(
+              `the watch stream from etcd at ${host.name} broke while ${operation}: ${
+                describe(error)
+              }`,
+              { cause: error },
+            ),
+          );
+        }
+      }
+    })();
+    let probe: { controller: AbortController; done: Promise<void> } | undefined;
+    const timer = heartbeat === undefined || !(heartbeat > 0) ? undefined : setInterval(() => {
+      if (waiting) {
+        this.#avoid(host);
+        queue.fail(
+          new Error(
+            `etcd at ${host.name} did not answer for ${heartbeat} ms while ${operation} ` +
+              "(a frozen or unreachable member); watching again",
+          ),
+        );
+        return;
+      }
+      waiting = true;
+      if (probe) return;
+      const { controller: probing, release } = this.#controller();
+      probe = {
+        controller: probing,
+        done: this.#probe(host, key, probing.signal).then(() => {
+          waiting = false;
+        }, () => {}).finally(() => {
+          release();
+          probe = undefined;
+        }),
+      };
+    }, heartbeat);
+    try {
+      yield* queue;
+    } finally {
+      clearInterval(timer);
+      signal?.removeEventListener("abort", stop);
+      controller.abort();
+      this.#inflight.delete(controller);
+      await lines.cancel();
+      await pump;
+      if (probe) {
+        probe.controller.abort();
+        await probe.done;
+      }
+    }
+  }
+
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      for (const controller of this.#inflight) controller.abort(new ClientClosedError());
+      this.#inflight.clear();
+    }
+    return Promise.resolve();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * Connects to etcd over its JSON gateway (`/v3/…` on the client port, etcd
+ * ≥ 3.4) with `fetch`: an {@linkcode EtcdClient} that needs nothing but
+ * web-standard globals, for runtimes without `node:http2` (edge workers, Bun,
+ * Deno without npm).
+ *
+ * Every request attempt is bounded by `dialTimeout`. A call that a host did not
+ * answer (unreachable, hung, not etcd, or etcd without a leader there) moves on
+ * to the next host with a fresh deadline, each host at most once; a host that
+ * failed or hung goes to the back of the line for 5 s. Every call is retried
+ * that way, writes included: a put repeated writes the same value again (one
+ * more revision, one more put event of the same value), a delete repeated
+ * deletes nothing, and a lease grant repeated may leave a lease without keys
+ * that expires after its TTL. A watch with `heartbeat` sends a cheap read to
+ * its member every period, since etcd's gateway takes one message per request
+ * body and cannot carry a progress request on the watch; a member that answers
+ * neither (frozen: TCP up, nothing answers) fails the watch within two periods,
+ * and the next one goes elsewhere. With `auth`, the token from
+ * `/v3/auth/authenticate` goes in the `Authorization` header and is renewed
+ * whenever etcd calls it invalid or expired.
+ *
+ * TLS: `https://` hosts go through the given `fetch` (default: the global
+ * one). To trust a private CA or present a client certificate, pass a `fetch`
+ * that does:
+ * - Deno: `const client = Deno.createHttpClient({ caCerts: [ca], cert, key })`,
+ *   then `fetch: (url, init) => fetch(url, { ...init, client })`;
+ * - Node: `const dispatcher = new (await import("undici")).Agent({ connect: { ca, cert, key } })`,
+ *   then `fetch: (url, init) => fetch(url, { ...init, dispatcher })`;
+ * - Bun: `fetch: (url, init) => fetch(url, { ...init, tls: { ca, cert, key } })`.
+ *
+ * @example Reading through a `fetch` of one's own (here a stand-in that answers as etcd)
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { connectFetch } from "@seed/grpc-etcd/fetch";
+ *
+ * const asked: string[] = [];
+ * await using client = connectFetch({
+ *   hosts: "https://etcd.internal:2379",
+ *   fetch: (url) => {
+ *     asked.push(url);
+ *     return Promise.resolve(Response.json({ header: { revision: "7" } }));
+ *   },
+ * });
+ * const { revision, kvs } = await client.getPrefix("svc/echo/");
+ * assert.deepEqual([revision, kvs], [7, []]);
+ * assert.deepEqual(asked, ["https://etcd.internal:2379/v3/kv/range"]);
+ * ```
+ *
+ * @example Registering and resolving on a real etcd
+ * ```ts ignore
+ * import { connectFetch } from "@seed/grpc-etcd/fetch";
+ * import { register, resolve } from "@seed/grpc-etcd/core";
+ *
+ * await using client = connectFetch({ hosts: ["http://10.0.0.5:2379", "http://10.0.0.6:2379"] });
+ * await using _reg = await register(client, "svc/echo", { addr: "10.0.0.9:50051" });
+ * for await (const batch of resolve(client, "svc/echo")) console.log(batch);
+ * ```
+ *
+ * @param options the hosts, credentials, `fetch` and per-attempt deadline
+ * @returns the client; `close()` aborts every request and watch in flight
+ * @throws {TypeError} when `hosts` is empty or malformed or mixes http and https,
+ *   `auth` is not `{ username, password }`, or `fetch` is not a function
+ * @throws {RangeError} when `dialTimeout` is not a positive number
+ */
+export function connectFetch(options: ConnectFetchOptions): EtcdClient {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`options must be { hosts, … }, got ${String(options)}`);
+  }
+  const hosts = checkHosts(options.hosts);
+  const dialTimeout = options.dialTimeout ?? 5000;
+  if (typeof dialTimeout !== "number" || !(dialTimeout > 0) || !Number.isFinite(dialTimeout)) {
+    throw new RangeError(`options.dialTimeout must be a positive number of ms, got ${dialTimeout}`);
+  }
+  const { auth } = options;
+  if (
+    auth !== undefined &&
+    (typeof auth !== "object" || auth === null || typeof auth.username !== "string" ||
+      auth.username === "" || typeof auth.password !== "string")
+  ) {
+    throw new TypeError(
+      `options.auth must be { username, password } with a non-empty username, got ${
+        auth === null || typeof auth !== "object"
+          ? String(auth)
+          : `{ username: ${JSON.stringify(auth.username)}, password: … }`
+      }`,
+    );
+  }
+  const given = options.fetch;
+  if (given !== undefined && typeof given !== "function") {
+    throw new TypeError(`options.fetch must be a function like fetch, got ${String(given)}`);
+  }
+  // The global fetch is called as a plain function: some runtimes refuse it bound to anything else.
+  const fetcher: FetchFunction = given ?? ((url, init) => fetch(url, init));
+  return new FetchClient(
+    hosts,
+    fetcher,
+    dialTimeout,
+    auth && { username: auth.username, password: auth.password },
+  );
+}
