@@ -14,9 +14,9 @@ async function moduleGraph(entry: string): Promise<string[]> {
   return (JSON.parse(text) as { modules: { specifier: string }[] }).modules.map((m) => m.specifier);
 }
 
-Deno.test("core: @seed/grpc-etcd/core and /testing load only this package's own files", async () => {
+Deno.test("core: @seed/grpc-etcd/core, /fetch and /testing load only this package's own files", async () => {
   const root = new URL("../", import.meta.url).href;
-  for (const entry of ["../core.ts", "../testing.ts"]) {
+  for (const entry of ["../core.ts", "../fetch.ts", "../testing.ts"]) {
     const graph = await moduleGraph(entry);
     assert.ok(graph.length > 1, `${entry} loads ${graph.length} module(s)`);
     const foreign = graph.filter((s) =>

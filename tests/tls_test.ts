@@ -27,7 +27,6 @@ import {
   grantService,
   makePki,
   ROOT_PASSWORD,
-  type SecureEtcd,
   serverCredentials,
   startImpostor,
   startSecureEtcd,
@@ -36,7 +35,8 @@ import {
 import { targetHost, uriPath } from "../src/etcd/tls.ts";
 import { clientCertProblem } from "../src/etcd/etcd3.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
-import { sleep, until } from "./wait.ts";
+import { runThroughTokenExpiry } from "./token_expiry.ts";
+import { until } from "./wait.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -552,72 +552,14 @@ Deno.test("rbac: a service writes only its own prefix, cannot revoke another's l
   assert.deepEqual(await pending, { done: true, value: undefined });
 });
 
-/**
- * Runs a registration and a resolver for `seconds` through auth-token expiry:
- * their clients go through proxies whose connections are reset every 12 s,
- * after the tokens have lapsed, so that every new stream starts with an
- * expired token. Asserts that the registration never dropped and that the
- * resolver saw every change, in order.
- */
-async function runThroughTokenExpiry(etcd: SecureEtcd, seconds: number): Promise<void> {
-  const auth = { username: "root", password: ROOT_PASSWORD };
-  const target = etcd.endpoint.replace("localhost", "127.0.0.1");
-  await using proxyA = new TcpProxy(target);
-  await using proxyB = new TcpProxy(target);
-  await using a = connect({ hosts: proxyA.endpoint, auth });
-  await using b = connect({ hosts: proxyB.endpoint, auth });
-  await using writer = connect({ hosts: etcd.endpoint, auth });
-  await using observer = connect({ hosts: etcd.endpoint, auth });
-  const quiet = { onError: () => {} };
-  // TTL 30: renewals 10 s apart, so the registering client's token lapses between them.
-  await using reg = await register(a, "a", { addr: "10.0.0.1:1" }, { ...quiet, ttl: 30 });
-  const dropped: Update[] = [];
-  await using watchReg = resolve(observer, "a", quiet);
-  const readReg = (async () => {
-    for await (const batch of watchReg) dropped.push(...batch.filter((u) => u.op === "delete"));
-  })();
-  const seen: string[] = [];
-  await using updates = resolve(b, "w", quiet);
-  const read = (async () => {
-    for await (const batch of updates) for (const u of batch) seen.push(`${u.op} ${u.key}`);
-  })();
-  const written: string[] = [];
-  const start = Date.now();
-  for (let i = 0; Date.now() - start < seconds * 1000; i++) {
-    const key = `w/${String(i).padStart(3, "0")}`;
-    if (i % 3 === 2) {
-      await writer.delete(`w/${String(i - 1).padStart(3, "0")}`);
-      written.push(`delete w/${String(i - 1).padStart(3, "0")}`);
-    } else {
-      await writer.put(key, JSON.stringify({ Op: 0, Addr: `10.1.0.${i % 250}:1` }));
-      written.push(`add ${key}`);
-    }
-    if (i % 12 === 11) {
-      await proxyA.cut();
-      await proxyB.cut();
-      proxyA.restore();
-      proxyB.restore();
-    }
-    await sleep(1000);
-  }
-  await until("the resolver catching up", 10_000, () => seen.length >= written.length);
-  assert.deepEqual(seen, written);
-  assert.deepEqual(dropped, [], "the registration was never deleted");
-  assert.equal(reg.state, "registered");
-  assert.equal((await observer.get(reg.key)).kvs.length, 1);
-  await updates.return();
-  await watchReg.return();
-  await Promise.all([read, readReg]);
-}
-
 Deno.test("auth: with 5 s tokens, a registration and a resolver run 60 s through connection resets without a drop or a missed update", async () => {
   await using etcd = await startSecureEtcd({ auth: true, tokenTtl: 5 });
-  await runThroughTokenExpiry(etcd, 60);
+  await runThroughTokenExpiry(etcd, 60, connect);
 });
 
 Deno.test("auth: with 3 s JWT tokens, a registration and a resolver run 25 s through connection resets without a drop or a missed update", async () => {
   await using etcd = await startSecureEtcd({ auth: true, jwtTtl: 3 });
-  await runThroughTokenExpiry(etcd, 25);
+  await runThroughTokenExpiry(etcd, 25, connect);
 });
 
 Deno.test("tls: a rogue entry pointing at a server with a certificate for another name gets no calls, and dial says why", async () => {

@@ -405,17 +405,20 @@ class FetchClient implements EtcdClient {
   #unreachable(host: Host, operation: string, error: unknown): string {
     const text = describe(error);
     const https = host.origin.startsWith("https:");
-    const hint = https &&
-        /certificate|UnknownIssuer|NotValidForName|self[- ]signed|unable to verify/i.test(text)
-      ? " (etcd's certificate is not trusted as given: to trust a private CA or present a " +
-        "client certificate, pass options.fetch; see connectFetch())"
-      : https && /handshake eof|corrupt message|InvalidContentType|wrong version|packet length/i
-          .test(text)
-      ? " (the TLS handshake failed: if etcd serves plain HTTP, give http:// hosts)"
-      : https && /alert|certificate required|handshake/i.test(text)
-      ? " (etcd ended the TLS handshake: it may require a client certificate, given through " +
-        "options.fetch)"
-      : "";
+    const hint =
+      https && /certificate required|alert|connection closed|reset|broken pipe|EPIPE/i.test(text)
+        ? " (etcd ended the TLS connection: it may require a client certificate, given through " +
+          "options.fetch; see connectFetch())"
+        : https &&
+            /certificate|UnknownIssuer|NotValidForName|self[- ]signed|unable to verify/i.test(text)
+        ? " (etcd's certificate is not trusted: to trust a private CA, pass options.fetch; see " +
+          "connectFetch())"
+        : https && /handshake eof|corrupt message|InvalidContentType|wrong version|packet length/i
+            .test(text)
+        ? " (the TLS handshake failed: if etcd serves plain HTTP, give http:// hosts)"
+        : !https && /closed before message completed|socket hang up|other side closed/i.test(text)
+        ? " (the connection closed without an answer: if etcd serves TLS, give https:// hosts)"
+        : "";
     return `could not reach etcd at ${host.name} while ${operation}: ${text}${hint}`;
   }
 
