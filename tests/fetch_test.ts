@@ -556,6 +556,25 @@ Deno.test("fetch: register() and resolve() over connectFetch, healing a key dele
   assert.equal(await outside.keepAlive(reg.lease), 0, "lease revoked");
 });
 
+Deno.test("fetch: credentials given to an etcd without auth: calls go through without a token", async () => {
+  await using etcd = await startEtcd();
+  let authentications = 0;
+  const counting: FetchFunction = (url, init) => {
+    if (url.endsWith("/v3/auth/authenticate")) authentications++;
+    assert.equal(new Headers(init.headers).get("authorization"), null, url);
+    return fetch(url, init);
+  };
+  await using client = connectFetch({
+    hosts: etcd.endpoint,
+    auth: { username: "root", password: "pw" },
+    fetch: counting,
+  });
+  await using reg = await register(client, "svc/open", { addr: "10.0.0.1:1" });
+  await using updates = resolve(client, "svc/open", quiet);
+  assert.deepEqual((await next(updates)).map((u) => u.key), [reg.key]);
+  assert.equal(authentications, 1, "asked once; etcd said auth is not enabled");
+});
+
 Deno.test("fetch: with one host dead, every call goes to the live one", async () => {
   await using etcd = await startEtcd();
   const dead = `http://127.0.0.1:${freePort()}`;

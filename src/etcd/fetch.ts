@@ -728,6 +728,12 @@ class FetchClient implements EtcdClient {
       throw error;
     }
     const { value: { lines, created }, host, controller } = opened;
+    if (signal?.aborted) {
+      controller.abort();
+      this.#inflight.delete(controller);
+      await lines.cancel();
+      return;
+    }
     const context: RequestContext = {
       host: host.name,
       path: "/v3/watch",
