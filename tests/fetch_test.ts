@@ -37,7 +37,7 @@ import {
 import { EtcdCluster } from "./etcd_cluster.ts";
 import { freePort, readMetric, startEtcd } from "./etcd_server.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
-import { grantService, makePki, startSecureEtcd, startTlsEtcd } from "./tls.ts";
+import { grantService, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
 import { sleep, until } from "./wait.ts";
 
@@ -236,6 +236,18 @@ Deno.test("fetch: an answer that is not etcd's names the host, the status and th
     ...context,
   });
   assert.match(tls.error.message, /\(it serves TLS: give https:\/\/ hosts\)$/);
+  // Recorded from etcd 3.4.23 with --client-cert-auth and auth on, for a certificate with a CN.
+  const named = judgeAnswer(
+    400,
+    "text/plain; charset=utf-8",
+    "CommonName of client sending a request against gateway will be ignored and not used as expected\n",
+    context,
+  );
+  assert.equal(named.retry, "host");
+  assert.match(
+    named.error.message,
+    /\(etcd with auth on refuses gateway requests whose client certificate has a CommonName: present one without a CN, naming the client in its SANs\)$/,
+  );
   assert.match(
     judgeAnswer(302, null, "", context).error.message,
     /got HTTP 302 "" \(it redirects elsewhere; give etcd's own client URL\)$/,
@@ -933,6 +945,17 @@ Deno.test("fetch: over TLS with a private CA and a client certificate, through D
     await assert.rejects(
       noCert.get("k"),
       /\(etcd ended the TLS connection: it may require a client certificate/,
+    );
+    // With auth on too, etcd's gateway refuses a client certificate that has a CommonName.
+    await using withAuth = await startSecureEtcd({ pki, auth: true });
+    await using named = connectFetch({
+      hosts: withAuth.endpoint,
+      auth: { username: "root", password: ROOT_PASSWORD },
+      fetch: tls,
+    });
+    await assert.rejects(
+      named.get("k"),
+      /got HTTP 400 text\/plain "CommonName of client .*" \(etcd with auth on refuses gateway requests whose client certificate has a CommonName/,
     );
     const plainUrl = etcd.endpoint.replace("https:", "http:");
     await using plain = connectFetch({ hosts: plainUrl, dialTimeout: 2000 });

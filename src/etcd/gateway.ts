@@ -263,6 +263,9 @@ export function notEtcd(
   const type = contentType ? ` ${contentType.split(";")[0]}` : "";
   const hint = /HTTP request to an HTTPS server/i.test(body)
     ? "it serves TLS: give https:// hosts"
+    : /CommonName of client/i.test(body)
+    ? "etcd with auth on refuses gateway requests whose client certificate has a CommonName: " +
+      "present one without a CN, naming the client in its SANs"
     : httpStatus >= 300 && httpStatus < 400
     ? "it redirects elsewhere; give etcd's own client URL"
     : "is it etcd ≥ 3.4, on its client port? etcd < 3.4 serves no /v3/ gateway";
