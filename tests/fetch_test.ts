@@ -510,6 +510,101 @@ Deno.test("fetch: close() aborts every request in flight; later calls reject wit
   await assert.rejects(client.get("k"), ClientClosedError);
 });
 
+/** A streamed answer holding `messages` as newline-delimited JSON cut into 7-byte chunks, left open. */
+function streamed(messages: readonly unknown[]): Response {
+  const bytes = new TextEncoder().encode(messages.map((m) => JSON.stringify(m) + "\n").join(""));
+  return new Response(
+    new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let i = 0; i < bytes.length; i += 7) controller.enqueue(bytes.slice(i, i + 7));
+      },
+    }),
+  );
+}
+
+Deno.test("fetch: a watch reads messages cut anywhere, and etcd's error chunks (3.4 and 3.6 shapes) end it", async () => {
+  const b64 = textToBase64;
+  const events = [
+    { result: { header: { revision: "5" }, created: true } },
+    {
+      result: {
+        header: { revision: "6" },
+        events: [{ kv: { key: b64("p/a"), value: b64("1"), mod_revision: "6", lease: "42" } }],
+      },
+    },
+    { result: { header: { revision: "7" } } },
+    {
+      result: {
+        header: { revision: "8" },
+        events: [{ type: "DELETE", kv: { key: b64("p/a"), mod_revision: "8" } }],
+      },
+    },
+  ];
+  const ends = [
+    { error: { code: 14, message: "etcdserver: no leader", details: [] } },
+    {
+      error: {
+        grpc_code: 16,
+        http_code: 401,
+        message: "etcdserver: invalid auth token",
+        http_status: "Unauthorized",
+      },
+    },
+  ];
+  let watches = 0;
+  const { fetch, calls } = standIn((call) =>
+    call.url.endsWith("/v3/auth/authenticate")
+      ? ok(1, { token: `t${calls.length}` })
+      : call.url.endsWith("/v3/watch")
+      ? streamed([...events, ends[watches++]!])
+      : ok(8)
+  );
+  await using client = connectFetch({
+    hosts: "http://e:1",
+    fetch,
+    auth: { username: "u", password: "p" },
+  });
+  for (
+    const expected of [
+      /refused watching "p\/": etcdserver: no leader \(gRPC code 14\)$/,
+      /invalid auth token \(gRPC code 16\) \(the auth token is renewed for the next attempt\)$/,
+    ]
+  ) {
+    const seen: string[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const batch of client.watch("p/", { startRevision: 6 })) {
+          seen.push(
+            `@${batch.revision} ` +
+              batch.events.map((e) =>
+                e.type === "put"
+                  ? `put ${e.kv.key} ${e.kv.lease} ${e.kv.modRevision}`
+                  : `delete ${e.key} ${e.modRevision}`
+              ).join(),
+          );
+        }
+      })(),
+      expected,
+    );
+    assert.deepEqual(seen, ["@5 ", "@6 put p/a 42 6", "@7 ", "@8 delete p/a 8"]);
+  }
+  assert.deepEqual(calls[1]!.body, {
+    create_request: { key: b64("p/"), range_end: b64("p0"), start_revision: "6" },
+  });
+  await client.get("p/a");
+  assert.deepEqual(
+    calls.map((c) => `${new URL(c.url).pathname} ${c.authorization}`),
+    [
+      "/v3/auth/authenticate null",
+      "/v3/watch t1",
+      "/v3/watch t1",
+      "/v3/auth/authenticate null",
+      "/v3/kv/range t4",
+    ],
+    "the token a watch was refused with is not used again",
+  );
+});
+
 Deno.test("fetch: a 200 that is not etcd's JSON, or a redirect, is no answer from etcd", async () => {
   const { fetch } = standIn((call) =>
     call.url.startsWith("http://web:1")

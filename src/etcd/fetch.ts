@@ -251,6 +251,8 @@ interface Attempt {
 interface OpenWatch {
   readonly lines: Lines;
   readonly created: WatchBatch;
+  /** The auth token the watch was opened with. */
+  readonly token: string | undefined;
 }
 
 class FetchClient implements EtcdClient {
@@ -438,11 +440,11 @@ class FetchClient implements EtcdClient {
     const started = Date.now();
     const failures: Error[] = [];
     const user = this.#auth?.username;
-    for (const host of this.#order()) {
-      const left = options.timeout === undefined
+    const left = () =>
+      options.timeout === undefined
         ? this.#timeout
         : Math.min(this.#timeout, options.timeout - (Date.now() - started));
-      if (left <= 0) break;
+    hosts: for (const host of this.#order()) {
       const context: RequestContext = {
         host: host.name,
         path,
@@ -451,7 +453,9 @@ class FetchClient implements EtcdClient {
         lease: options.lease,
       };
       for (let renewed = false;;) {
-        const { controller, timedOut, stopTimer, release } = this.#controller(left);
+        const limit = left();
+        if (limit <= 0) break hosts;
+        const { controller, timedOut, stopTimer, release } = this.#controller(limit);
         const onAbort = () => controller.abort(options.signal?.reason);
         options.signal?.addEventListener("abort", onAbort, { once: true });
         let token: string | undefined;
@@ -476,7 +480,7 @@ class FetchClient implements EtcdClient {
           const failure = error instanceof HostFailure
             ? error
             : timedOut()
-            ? new Error(`etcd at ${host.name} did not answer ${operation} within ${left} ms`, {
+            ? new Error(`etcd at ${host.name} did not answer ${operation} within ${limit} ms`, {
               cause: error,
             })
             : new Error(this.#unreachable(host, operation, error), { cause: error });
@@ -677,7 +681,9 @@ class FetchClient implements EtcdClient {
             };
           }
           open = true;
-          return { value: { lines, created: { revision: revisionOf(result), events: [] } } };
+          return {
+            value: { lines, created: { revision: revisionOf(result), events: [] }, token },
+          };
         } finally {
           if (!open) await lines.cancel();
         }
@@ -727,7 +733,7 @@ class FetchClient implements EtcdClient {
       if (signal?.aborted && !this.#closed) return;
       throw error;
     }
-    const { value: { lines, created }, host, controller } = opened;
+    const { value: { lines, created, token }, host, controller } = opened;
     if (signal?.aborted) {
       controller.abort();
       this.#inflight.delete(controller);
@@ -765,30 +771,24 @@ class FetchClient implements EtcdClient {
           const parsed = parseJson(line);
           const status = readStatus(parsed);
           const result = isRecord(parsed) ? parsed.result : undefined;
-          if (status || !isRecord(result)) {
-            const error = status
-              ? judgeStatus(status, context).error
-              : notEtcd(200, null, line, context);
-            if (!status || classify(status.code, status.message) === "unavailable") {
-              this.#avoid(host);
-            }
-            queue.fail(error);
-            return;
-          }
-          if (result.canceled === true) {
-            const verdict = judgeCancel(
-              Number(result.compact_revision ?? 0),
-              String(result.cancel_reason ?? ""),
-              context,
-            );
+          if (status || !isRecord(result) || result.canceled === true) {
+            // etcd ended the watch: an error chunk, a cancellation, or something not etcd's.
+            const verdict: Verdict = status
+              ? judgeStatus(status, context)
+              : !isRecord(result)
+              ? { retry: "host", error: notEtcd(200, null, line, context) }
+              : judgeCancel(
+                Number(result.compact_revision ?? 0),
+                String(result.cancel_reason ?? ""),
+                context,
+              );
+            if (verdict.retry === "host") this.#avoid(host);
             if (verdict.retry === "token") {
-              this.#forgetToken(this.#token ?? "");
+              this.#forgetToken(token ?? "");
               queue.fail(
                 new Error(
                   `${verdict.error.message} (the auth token is renewed for the next attempt)`,
-                  {
-                    cause: verdict.error,
-                  },
+                  { cause: verdict.error },
                 ),
               );
             } else {
