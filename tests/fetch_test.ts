@@ -645,13 +645,17 @@ Deno.test("fetch: register() and resolve() over connectFetch, healing a key dele
   };
   assert.deepEqual(await next(updates), [added]);
 
+  // The delete and the put that heals it may come in one batch or two.
+  const twoUpdates = async () => {
+    const seen: Update[] = [];
+    while (seen.length < 2) seen.push(...await next(updates));
+    return seen;
+  };
   await outside.delete(reg.key);
-  assert.deepEqual(await next(updates), [{ op: "delete", key: reg.key }]);
-  assert.deepEqual(await next(updates), [added], "put back by the registration");
+  assert.deepEqual(await twoUpdates(), [{ op: "delete", key: reg.key }, added], "put back");
   const first = reg.lease;
   await outside.revokeLease(first);
-  assert.deepEqual(await next(updates), [{ op: "delete", key: reg.key }]);
-  assert.deepEqual(await next(updates), [added], "put back under a new lease");
+  assert.deepEqual(await twoUpdates(), [{ op: "delete", key: reg.key }, added], "put back");
   assert.notEqual(reg.lease, first);
   assert.equal((await outside.get(reg.key)).kvs[0]?.lease, reg.lease);
   await until("registered again", 2000, () => reg.state === "registered");
