@@ -17,7 +17,6 @@ import {
 } from "../mod.ts";
 import { dial, serve, type Serving } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
-import { healthCodec } from "../src/grpc/dial.ts";
 import {
   Greeter,
   type GreeterClient,
@@ -367,22 +366,6 @@ Deno.test("dial: with healthCheck, an instance without the health service is use
     greeter.close();
     bare.close();
   }
-});
-
-Deno.test("dial: the health messages' encoding", () => {
-  assert.deepEqual([...healthCodec.request("")], []);
-  assert.deepEqual([...healthCodec.request("svc")], [0x0a, 3, 0x73, 0x76, 0x63]);
-  assert.deepEqual([...healthCodec.request("x".repeat(200)).subarray(0, 3)], [0x0a, 0xc8, 0x01]);
-  assert.deepEqual(healthCodec.response(new Uint8Array([])), { status: 0 });
-  assert.deepEqual(healthCodec.response(new Uint8Array([0x08, 0x02])), { status: 2 });
-  // Unknown fields of every wire type are skipped.
-  assert.deepEqual(
-    healthCodec.response(
-      new Uint8Array([0x10, 0x05, 0x1a, 0x02, 0x61, 0x62, 0x25, 1, 2, 3, 4, 0x08, 0x01]),
-    ),
-    { status: 1 },
-  );
-  assert.throws(() => healthCodec.response(new Uint8Array([0x08, 0x80])), /malformed varint/);
 });
 
 Deno.test("dial: with healthCheck, a health stream that breaks is watched again and calls resume", async () => {

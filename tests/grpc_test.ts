@@ -8,7 +8,7 @@ import { protoPath as healthProto } from "grpc-health-check";
 import { type Balancer, connect, p2c, resolve, roundRobin } from "../mod.ts";
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
-import { passedOnStatus } from "../src/grpc/dial.ts";
+import { passedOnStatus } from "../src/grpc/status.ts";
 import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
 import { startEtcd, waitForMetric } from "./etcd_server.ts";
 

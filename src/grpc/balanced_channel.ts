@@ -1,0 +1,368 @@
+/**
+ * The `ChannelInterface` under a dialed client: one grpc-js channel per
+ * instance (kept connected, as gRPC's round_robin does), the instances folded
+ * from `resolve()`, and a picker over the READY ones for every call.
+ *
+ * @module
+ */
+import * as grpc from "@grpc/grpc-js";
+import { later, type Timer } from "../_async.ts";
+import type { Balancer, Picker } from "../balancers/balancer.ts";
+import { type Endpoint, EndpointDecodeError } from "../endpoint.ts";
+import type { EtcdClient } from "../etcd/client.ts";
+import { type Resolution, resolve } from "../resolve.ts";
+import { explainFailure } from "./failure_probe.ts";
+import { HealthWatch } from "./health_watch.ts";
+import { Instance } from "./instance.ts";
+import { type Call, type CallRouter, type CreateCallArgs, PickedCall } from "./picked_call.ts";
+import { Reports } from "./reports.ts";
+
+const { IDLE, CONNECTING, READY, TRANSIENT_FAILURE, SHUTDOWN } = grpc.connectivityState;
+type State = grpc.connectivityState;
+
+/** What the channel is made with (the options of `dial()`, checked and resolved). */
+export interface ChannelSettings {
+  /** Credentials for the connections to the instances. */
+  readonly credentials: grpc.ChannelCredentials;
+  /** grpc-js options of each instance's channel. */
+  readonly channelOptions: grpc.ChannelOptions;
+  /** Builds the picker over the READY instances. */
+  readonly balancer: Balancer;
+  /** The service name health checks watch, or `undefined` when they are off. */
+  readonly healthService: string | undefined;
+  /** Where problems are reported (muted per message for a while). */
+  readonly onError: (error: Error) => void;
+  /** Closes the channel when aborted. */
+  readonly signal: AbortSignal | undefined;
+}
+
+/** A `watchConnectivityState` caller waiting for a change. */
+interface StateWatcher {
+  readonly state: State;
+  readonly callback: (error?: Error) => void;
+  timer?: Timer;
+}
+
+/** The channel under a dialed client. */
+export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
+  readonly #target: string;
+  readonly #service: string;
+  readonly #settings: ChannelSettings;
+  readonly #hosts: readonly string[];
+  readonly #instances = new Map<string, Instance>();
+  readonly #byEndpoint = new Map<Endpoint, Instance>();
+  /** Instances by address, for pickers that return a copy of an endpoint. */
+  readonly #byAddr = new Map<string, Set<Instance>>();
+  readonly #health = new Map<Instance, HealthWatch>();
+  readonly #queue = new Set<PickedCall>();
+  readonly #reports: Reports;
+  readonly #watchers = new Set<StateWatcher>();
+  readonly #resolution: Resolution;
+  #picker: Picker = () => undefined;
+  #ready = 0;
+  #loaded = false;
+  /** Why resolution failed, while it has never succeeded (gRPC: TRANSIENT_FAILURE then). */
+  #resolverError: Error | undefined;
+  /** The timer of a rebuild to come: rebuilds are coalesced, at most one per turn. */
+  #rebuildTimer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #state: State = CONNECTING;
+  readonly #onAbort = () => this.close();
+
+  /**
+   * @param client the etcd client to resolve the service through
+   * @param service the service name
+   * @param settings credentials, channel options, balancer, health checks, reports
+   */
+  constructor(client: EtcdClient, service: string, settings: ChannelSettings) {
+    this.#service = service;
+    this.#target = `etcd:///${service}`;
+    this.#settings = settings;
+    this.#hosts = client.hosts;
+    this.#reports = new Reports(settings.onError);
+    settings.signal?.addEventListener("abort", this.#onAbort, { once: true });
+    this.#resolution = resolve(client, service, {
+      onError: (error) => {
+        if (!this.#loaded && !(error instanceof EndpointDecodeError)) {
+          // No instance list yet: calls fail fast with this reason, as gRPC does.
+          this.#resolverError = error;
+          this.#scheduleRebuild();
+        }
+        this.#report(error);
+      },
+    });
+    void this.#follow();
+  }
+
+  async #follow(): Promise<void> {
+    try {
+      for await (const batch of this.#resolution) {
+        for (const update of batch) {
+          if (update.op === "add") this.#add(update.key, update.endpoint);
+          else this.#remove(update.key);
+        }
+        this.#loaded = true;
+        this.#resolverError = undefined;
+        this.#scheduleRebuild();
+      }
+    } catch {
+      // resolve() reports problems through onError and never throws here.
+    }
+  }
+
+  #add(key: string, endpoint: Endpoint): void {
+    const old = this.#instances.get(key);
+    if (old && old.endpoint.addr === endpoint.addr) {
+      this.#byEndpoint.delete(old.endpoint);
+      old.endpoint = endpoint;
+      this.#byEndpoint.set(endpoint, old);
+      this.#scheduleRebuild();
+      return;
+    }
+    if (old) this.#remove(key);
+    const { credentials, channelOptions, healthService } = this.#settings;
+    const instance = new Instance(
+      key,
+      endpoint,
+      new grpc.Channel(endpoint.addr, credentials, channelOptions),
+    );
+    this.#instances.set(key, instance);
+    this.#byEndpoint.set(endpoint, instance);
+    let same = this.#byAddr.get(endpoint.addr);
+    if (!same) this.#byAddr.set(endpoint.addr, same = new Set());
+    same.add(instance);
+    if (healthService !== undefined) {
+      this.#health.set(
+        instance,
+        new HealthWatch(instance, healthService, credentials, {
+          changed: () => this.#scheduleRebuild(),
+          report: (error) => this.#report(error),
+        }),
+      );
+    }
+    this.#watch(instance);
+  }
+
+  #watch(instance: Instance): void {
+    if (instance.closed) return;
+    // Keep every instance connected (like gRPC's round_robin): an IDLE channel reconnects.
+    let state = instance.channel.getConnectivityState(true);
+    if (state === IDLE) state = instance.channel.getConnectivityState(true);
+    if (state !== instance.state) {
+      instance.state = state;
+      if (state === TRANSIENT_FAILURE && this.#settings.credentials._isSecure()) {
+        explainFailure(instance, (error) => this.#report(error));
+      }
+      if (state === READY) this.#health.get(instance)?.start();
+      else this.#health.get(instance)?.stop();
+      this.#scheduleRebuild();
+    }
+    if (state === SHUTDOWN) return;
+    instance.channel.watchConnectivityState(state, Infinity, () => this.#watch(instance));
+  }
+
+  /** Reports a problem, each distinct one at most once a minute. */
+  #report(error: Error): void {
+    this.#reports.report(error);
+  }
+
+  #remove(key: string): void {
+    const instance = this.#instances.get(key);
+    if (!instance) return;
+    this.#instances.delete(key);
+    this.#byEndpoint.delete(instance.endpoint);
+    const same = this.#byAddr.get(instance.endpoint.addr);
+    same?.delete(instance);
+    if (same?.size === 0) this.#byAddr.delete(instance.endpoint.addr);
+    instance.removed = true;
+    this.#scheduleRebuild();
+    if (instance.inflight === 0) this.#closeInstance(instance);
+  }
+
+  #closeInstance(instance: Instance): void {
+    if (instance.closed) return;
+    instance.closed = true;
+    this.#health.get(instance)?.stop();
+    this.#health.delete(instance);
+    instance.channel.close();
+  }
+
+  /** Called when a call on `instance` ended. */
+  finished(instance: Instance): void {
+    instance.inflight--;
+    if (instance.removed && instance.inflight === 0) this.#closeInstance(instance);
+  }
+
+  /**
+   * Rebuilds the picker once the current turn's changes are in: a start-up that
+   * connects many instances rebuilds a few times, not once per state change.
+   */
+  #scheduleRebuild(): void {
+    if (this.#closed || this.#rebuildTimer !== undefined) return;
+    this.#rebuildTimer = setTimeout(() => {
+      this.#rebuildTimer = undefined;
+      this.#rebuild();
+    }, 0);
+  }
+
+  #rebuild(): void {
+    if (this.#closed) return;
+    const ready: Instance[] = [];
+    for (const instance of this.#instances.values()) {
+      if (instance.effectiveState() === READY) ready.push(instance);
+    }
+    this.#ready = ready.length;
+    this.#picker = this.#settings.balancer(ready.map((instance) => instance.endpoint), {
+      inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
+      // By position in `ready`: no lookup by object on the per-call path.
+      inflightAt: (index) => ready[index]?.inflight ?? 0,
+      // Each distinct problem once in a while, not once per rebuild.
+      report: (error) => this.#report(error),
+    });
+    this.#setState(this.#aggregate());
+    for (const call of [...this.#queue]) this.pick(call);
+  }
+
+  #aggregate(): State {
+    if (this.#closed) return SHUTDOWN;
+    if (!this.#loaded) return this.#resolverError ? TRANSIENT_FAILURE : CONNECTING;
+    let connecting = false;
+    for (const instance of this.#instances.values()) {
+      const state = instance.effectiveState();
+      if (state === READY) return READY;
+      if (state === CONNECTING || state === IDLE) connecting = true;
+    }
+    return connecting ? CONNECTING : TRANSIENT_FAILURE;
+  }
+
+  #setState(state: State): void {
+    if (state === this.#state) return;
+    this.#state = state;
+    for (const watcher of [...this.#watchers]) {
+      if (watcher.state !== state) {
+        this.#watchers.delete(watcher);
+        watcher.timer?.clear();
+        watcher.callback();
+      }
+    }
+  }
+
+  /** Picks an instance for `call`, or queues it, or fails it, as gRPC's round_robin would. */
+  pick(call: PickedCall): void {
+    if (this.#closed) {
+      call.fail(grpc.status.UNAVAILABLE, "Channel closed");
+      return;
+    }
+    if (this.#ready > 0) {
+      const endpoint = this.#picker(call.info);
+      const instance = endpoint && this.#instanceOf(endpoint);
+      if (instance && instance.effectiveState() === READY) {
+        this.#queue.delete(call);
+        call.bind(instance);
+        return;
+      }
+      if (endpoint && !instance && !this.#rebuildTimer) {
+        // The picker is current, yet it returned an endpoint it was not given.
+        const error = new Error(
+          `the balancer returned an endpoint that is not one of the ready instances it was ` +
+            `given (addr ${JSON.stringify(endpoint.addr)}): a picker must return one of them`,
+        );
+        this.#report(error);
+        this.#queue.delete(call);
+        call.fail(grpc.status.INTERNAL, `grpc-etcd: ${error.message}`);
+        return;
+      }
+    }
+    // A rebuild to come may change the state: the call waits for it, then is picked again.
+    if (this.#state === TRANSIENT_FAILURE && !call.waitForReady && !this.#rebuildTimer) {
+      this.#queue.delete(call);
+      const resolverError = this.#resolverError;
+      call.fail(
+        grpc.status.UNAVAILABLE,
+        resolverError
+          ? `grpc-etcd: cannot resolve ${JSON.stringify(this.#service)}: etcd at ${
+            this.#hosts.join(", ")
+          } did not answer: ${resolverError.message}`
+          : `grpc-etcd: no ready instance of ${
+            JSON.stringify(this.#service)
+          } (${this.#instances.size} known)`,
+      );
+      return;
+    }
+    this.#queue.add(call);
+  }
+
+  /**
+   * The instance of a picked endpoint: the very object the picker was given, or
+   * a copy of it (an endpoint with the address of a ready instance).
+   */
+  #instanceOf(endpoint: Endpoint): Instance | undefined {
+    const instance = this.#byEndpoint.get(endpoint);
+    if (instance) return instance;
+    const same = this.#byAddr.get(endpoint.addr);
+    if (!same) return undefined;
+    for (const candidate of same) if (candidate.effectiveState() === READY) return candidate;
+    return same.values().next().value;
+  }
+
+  /** Forgets a queued call that ended. */
+  unqueue(call: PickedCall): void {
+    this.#queue.delete(call);
+  }
+
+  createCall(...args: CreateCallArgs): Call {
+    return new PickedCall(this, args);
+  }
+
+  getTarget(): string {
+    return this.#target;
+  }
+
+  getConnectivityState(_tryToConnect: boolean): State {
+    return this.#state;
+  }
+
+  watchConnectivityState(
+    currentState: State,
+    deadline: Date | number,
+    callback: (error?: Error) => void,
+  ): void {
+    if (this.#closed) throw new Error("Channel has been shut down");
+    if (currentState !== this.#state) {
+      queueMicrotask(() => callback());
+      return;
+    }
+    const watcher: StateWatcher = { state: currentState, callback };
+    const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+    if (Number.isFinite(ms)) {
+      watcher.timer = later(ms - Date.now(), () => {
+        this.#watchers.delete(watcher);
+        callback(new Error("Deadline passed without connectivity state change"));
+      });
+    }
+    this.#watchers.add(watcher);
+  }
+
+  getChannelzRef(): ReturnType<grpc.ChannelInterface["getChannelzRef"]> {
+    return { kind: "channel", id: 0, name: this.#target } as ReturnType<
+      grpc.ChannelInterface["getChannelzRef"]
+    >;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#settings.signal?.removeEventListener("abort", this.#onAbort);
+    void this.#resolution.return();
+    for (const call of [...this.#queue]) call.fail(grpc.status.UNAVAILABLE, "Channel closed");
+    this.#queue.clear();
+    for (const instance of this.#instances.values()) this.#closeInstance(instance);
+    this.#instances.clear();
+    this.#byEndpoint.clear();
+    this.#byAddr.clear();
+    clearTimeout(this.#rebuildTimer);
+    this.#setState(SHUTDOWN);
+    for (const watcher of this.#watchers) watcher.timer?.clear();
+    this.#watchers.clear();
+  }
+}
