@@ -20,19 +20,15 @@
  * @module
  */
 export {
-  addrProblem,
-  checkService,
   decodeEndpoint,
   encodeEndpoint,
   type Endpoint,
   EndpointDecodeError,
   endpointKey,
-  MAX_VALUE_BYTES,
   servicePrefix,
   type Update,
 } from "./src/endpoint.ts";
 export { applyUpdates, applyUpdatesInPlace, diffViews } from "./src/view.ts";
-export { backoff, type BackoffOptions } from "./src/backoff.ts";
 export type { Balancer, BalancerContext, Picker, PickInfo } from "./src/balancers/balancer.ts";
 export { roundRobin } from "./src/balancers/round_robin.ts";
 export { weightedRoundRobin } from "./src/balancers/weighted_round_robin.ts";

@@ -24,7 +24,7 @@ export interface BackoffOptions {
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { backoff } from "@seed/grpc-etcd";
+ * import { backoff } from "./backoff.ts";
  * assert.equal(backoff(0, { random: () => 0.5 }), 50);
  * assert.equal(backoff(20, { random: () => 0.5 }), 1500); // capped at 3000
  * ```

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { backoff } from "../mod.ts";
+import { backoff } from "../src/backoff.ts";
 
 Deno.test("backoff() grows exponentially to its cap, with full jitter", () => {
   const top = (attempt: number) => backoff(attempt, { random: () => 0.999999 });
