@@ -6,6 +6,7 @@
  * cut-offs, compaction, restarts, auth, RBAC, TLS and hosts that are not etcd.
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import {
   AuthenticationError,
   ClientClosedError,
@@ -75,6 +76,10 @@ Deno.test("fetch: base64 and prefix ranges are etcd's", () => {
   assert.equal(end("svc/echo/"), "svc/echo0");
   assert.deepEqual(prefixEnd(new Uint8Array([0x61, 0xff, 0xff])), new Uint8Array([0x62]));
   assert.deepEqual(prefixEnd(new Uint8Array([0xff])), new Uint8Array([0]));
+  // A Buffer's slice() is a view: the prefix itself must stay as it was.
+  const prefix = Buffer.from("svc/a/");
+  assert.equal(Buffer.from(prefixEnd(prefix)).toString(), "svc/a0");
+  assert.equal(prefix.toString(), "svc/a/");
 });
 
 /**

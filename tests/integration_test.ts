@@ -330,7 +330,7 @@ Deno.test("connect() names bad options", () => {
   assert.throws(() => connect({ hosts: [] }), /options.hosts must be a non-empty string or array/);
   assert.throws(
     () => connect({ hosts: "nope" }),
-    /options.hosts entries must be "host:port" or "http\(s\):\/\/host:port", got "nope"/,
+    /options.hosts entries must be "http\(s\):\/\/host\[:port\]" or "host:port", got "nope"/,
   );
   assert.throws(() => connect({ hosts: "127.0.0.1:0" }), /got "127.0.0.1:0"/);
   assert.throws(

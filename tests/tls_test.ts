@@ -33,7 +33,7 @@ import {
   startTlsEtcd,
 } from "./tls.ts";
 import { targetHost, uriPath } from "../src/etcd/tls.ts";
-import { clientCertProblem } from "../src/etcd/etcd3.ts";
+import { clientCertProblem } from "../src/etcd/tls_material.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
 import { until } from "./wait.ts";

@@ -33,6 +33,8 @@ import {
   toBase64,
   type Verdict,
 } from "./gateway.ts";
+import { checkAuth, checkHosts } from "./options.ts";
+import { milliseconds } from "../_options.ts";
 
 /**
  * The `fetch` a client sends its requests with: the runtime's own, or one that
@@ -82,58 +84,6 @@ type Json = Record<string, unknown>;
 
 function isRecord(value: unknown): value is Json {
   return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$/;
-
-function parseHost(entry: unknown): { host: Host; scheme: string } | undefined {
-  if (typeof entry !== "string" || entry === "" || entry.trim() !== entry) return undefined;
-  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(entry);
-  if (!scheme && !HOST_PORT.test(entry)) return undefined;
-  let url: URL;
-  try {
-    url = new URL(scheme ? entry : `http://${entry}`);
-  } catch {
-    return undefined;
-  }
-  if (
-    (url.protocol !== "http:" && url.protocol !== "https:") || url.username || url.password ||
-    url.search || url.hash || entry.endsWith("?") || entry.endsWith("#") ||
-    (url.pathname !== "/" && url.pathname !== "") || url.hostname === "" || url.port === "0"
-  ) {
-    return undefined;
-  }
-  return { host: { name: entry, origin: url.origin, avoidUntil: 0 }, scheme: url.protocol };
-}
-
-function checkHosts(hosts: unknown): Host[] {
-  const list = typeof hosts === "string" ? [hosts] : hosts;
-  if (!Array.isArray(list) || list.length === 0) {
-    throw new TypeError(
-      `options.hosts must be a non-empty string or array of etcd client URLs, got ${
-        JSON.stringify(hosts)
-      }`,
-    );
-  }
-  const schemes = new Set<string>();
-  const parsed = list.map((entry) => {
-    const result = parseHost(entry);
-    if (!result) {
-      throw new TypeError(
-        `options.hosts entries must be "http(s)://host[:port]" or "host:port", got ${
-          JSON.stringify(entry)
-        }`,
-      );
-    }
-    schemes.add(result.scheme);
-    return result.host;
-  });
-  if (schemes.size > 1) {
-    throw new TypeError(
-      `options.hosts must be all https:// or all http://, got ${JSON.stringify(list)}`,
-    );
-  }
-  return parsed;
 }
 
 function toKeyValue(kv: Json): KeyValue {
@@ -938,35 +888,14 @@ export function connectFetch(options: ConnectFetchOptions): EtcdClient {
   if (typeof options !== "object" || options === null) {
     throw new TypeError(`options must be { hosts, … }, got ${String(options)}`);
   }
-  const hosts = checkHosts(options.hosts);
-  const dialTimeout = options.dialTimeout ?? 5000;
-  if (typeof dialTimeout !== "number" || !(dialTimeout > 0) || !Number.isFinite(dialTimeout)) {
-    throw new RangeError(`options.dialTimeout must be a positive number of ms, got ${dialTimeout}`);
-  }
-  const { auth } = options;
-  if (
-    auth !== undefined &&
-    (typeof auth !== "object" || auth === null || typeof auth.username !== "string" ||
-      auth.username === "" || typeof auth.password !== "string")
-  ) {
-    throw new TypeError(
-      `options.auth must be { username, password } with a non-empty username, got ${
-        auth === null || typeof auth !== "object"
-          ? String(auth)
-          : `{ username: ${JSON.stringify(auth.username)}, password: … }`
-      }`,
-    );
-  }
+  const hosts = checkHosts(options.hosts).hosts.map((host): Host => ({ ...host, avoidUntil: 0 }));
+  const dialTimeout = milliseconds(options.dialTimeout, "dialTimeout", 5000);
+  const auth = checkAuth(options.auth);
   const given = options.fetch;
   if (given !== undefined && typeof given !== "function") {
     throw new TypeError(`options.fetch must be a function like fetch, got ${String(given)}`);
   }
   // The global fetch is called as a plain function: some runtimes refuse it bound to anything else.
   const fetcher: FetchFunction = given ?? ((url, init) => fetch(url, init));
-  return new FetchClient(
-    hosts,
-    fetcher,
-    dialTimeout,
-    auth && { username: auth.username, password: auth.password },
-  );
+  return new FetchClient(hosts, fetcher, dialTimeout, auth);
 }

@@ -50,7 +50,7 @@ export function base64ToText(text: string | undefined): string {
  * end of the keyspace", when every byte is 0xff).
  */
 export function prefixEnd(prefix: Uint8Array): Uint8Array {
-  const end = prefix.slice();
+  const end = new Uint8Array(prefix); // a copy, also for a Buffer (whose slice() is a view)
   for (let i = end.length - 1; i >= 0; i--) {
     if (end[i]! < 0xff) {
       end[i]!++;

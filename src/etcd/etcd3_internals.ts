@@ -1,0 +1,136 @@
+/**
+ * Every reach into `etcd3`'s private parts, in one place to audit when
+ * `etcd3` is bumped (it is pinned exactly for this reason). `etcd3` 1.1.2 keeps
+ * its connection pool in `etcd.pool`: `hosts` (each with `channelCredentials`),
+ * `withConnection(service, fn, hosts)`, `markFailed(host, error)`,
+ * `shuffledHosts()` and `authenticator` (`credentials`, `invalidateMetadata()`);
+ * and its options in `etcd.options`. {@linkcode Etcd3Pool} checks that they are
+ * there and fails loudly if not.
+ *
+ * @module
+ */
+import type { Etcd3 } from "etcd3";
+
+/** One host of etcd3's pool. */
+export interface PoolHost {
+  /** The host as etcd3 keeps it (`host:port`). */
+  readonly host: string;
+}
+
+/** A grpc-js duplex stream, as far as this module uses one. */
+export interface Stream {
+  /** Whether the stream can still be written to. */
+  readonly writable: boolean;
+  /** Adds a listener. */
+  // deno-lint-ignore no-explicit-any
+  on(event: "data" | "error" | "end", listener: (value: any) => void): unknown;
+  /** Writes a message. */
+  write(message: object): unknown;
+  /** Half-closes the stream. */
+  end(): void;
+  /** Cancels the call. */
+  cancel(): void;
+}
+
+type StreamClient = Record<string, (metadata: unknown, options: object) => Stream>;
+
+/** etcd3's pool, typed by the parts used here. */
+interface Pool {
+  readonly hosts: readonly (PoolHost & { channelCredentials?: unknown })[];
+  withConnection<T>(
+    service: string,
+    fn: (connection: { resource: PoolHost; client: StreamClient; metadata: unknown }) => T,
+    hosts?: Iterator<PoolHost>,
+  ): Promise<T>;
+  markFailed(resource: PoolHost, error: Error): void;
+  shuffledHosts(): Iterator<PoolHost>;
+  readonly authenticator?: { credentials?: unknown; invalidateMetadata?(): void };
+}
+
+/** The hosts an `Etcd3` instance was made with (its `options.hosts`), or `["etcd3"]`. */
+export function configuredHosts(etcd: Etcd3): string[] {
+  const hosts = (etcd as unknown as { options?: { hosts?: string | string[] } }).options?.hosts;
+  return hosts === undefined ? ["etcd3"] : typeof hosts === "string" ? [hosts] : hosts;
+}
+
+/** etcd3's connection pool, reached by name. */
+export class Etcd3Pool {
+  readonly #pool: Pool;
+
+  /**
+   * @param etcd the etcd3 client
+   * @throws {Error} when this version of etcd3 keeps its pool elsewhere
+   */
+  constructor(etcd: Etcd3) {
+    const pool = (etcd as unknown as { pool?: Partial<Pool> }).pool;
+    if (
+      !pool || !Array.isArray(pool.hosts) || typeof pool.withConnection !== "function" ||
+      typeof pool.markFailed !== "function" || typeof pool.shuffledHosts !== "function"
+    ) {
+      throw new Error(
+        "grpc-etcd: this version of npm:etcd3 keeps its connection pool elsewhere; " +
+          "use the version this module pins",
+      );
+    }
+    this.#pool = pool as Pool;
+  }
+
+  /** The pool's hosts. */
+  get hosts(): readonly PoolHost[] {
+    return this.#pool.hosts;
+  }
+
+  /**
+   * Opens a stream call (watch, lease keepalive) on the first host of `order`
+   * that etcd3's fault handling lets through. As etcd3's own stream calls do,
+   * an error on a live stream counts against the host.
+   */
+  openStream(
+    service: "Lease" | "Watch",
+    method: "leaseKeepAlive" | "watch",
+    options: object,
+    order: Iterator<PoolHost>,
+  ): Promise<{ stream: Stream; host: PoolHost }> {
+    const pool = this.#pool;
+    return pool.withConnection(service, ({ resource, client, metadata }) => {
+      const stream = client[method]!(metadata, options);
+      stream.on("error", (error: Error) => {
+        if (stream.writable) pool.markFailed(resource, error);
+      });
+      return { stream, host: resource };
+    }, order);
+  }
+
+  /** Makes etcd3's unary calls (and their retries) try hosts in `order`'s order. */
+  useHostOrder(order: (hosts: readonly PoolHost[]) => Iterator<PoolHost>): void {
+    const pool = this.#pool;
+    pool.shuffledHosts = () => order(pool.hosts);
+  }
+
+  /** Forgets the auth token, so that the next call authenticates again. */
+  invalidateToken(): void {
+    this.#pool.authenticator?.invalidateMetadata?.();
+  }
+
+  /**
+   * Makes every connection (to each host, and etcd3's own calls to
+   * authenticate) use `credentials`: etcd3 takes TLS material only as buffers
+   * for grpc-js's `createSsl`, whose connections to an IP address fail under Deno.
+   *
+   * @throws {Error} when this version of etcd3 keeps its credentials elsewhere
+   */
+  useCredentials(credentials: unknown): void {
+    const { hosts, authenticator } = this.#pool;
+    if (
+      !hosts.every((host) => "channelCredentials" in host) || !authenticator ||
+      !("credentials" in authenticator)
+    ) {
+      throw new Error(
+        "grpc-etcd: this version of npm:etcd3 keeps its credentials elsewhere; " +
+          "TLS cannot be set up",
+      );
+    }
+    for (const host of hosts) host.channelCredentials = credentials;
+    authenticator.credentials = credentials;
+  }
+}

@@ -1,0 +1,151 @@
+import assert from "node:assert/strict";
+import { explainText, type TlsMode } from "../src/etcd/explain.ts";
+
+const plain: TlsMode = { secure: false, ca: false };
+const tlsOnly: TlsMode = { secure: true, ca: true };
+const systemCa: TlsMode = { secure: true, ca: false };
+const withCert: TlsMode = { secure: true, ca: true, clientCert: () => undefined };
+const expired: TlsMode = {
+  secure: true,
+  ca: true,
+  clientCert: () => "the one in tls.cert (CN=x) expired on 2020-01-03T00:00:00.000Z",
+};
+
+Deno.test("explainText(): each runtime's wording of each failure, and what the client was given", async (t) => {
+  const cases: [string, string, TlsMode, RegExp | undefined][] = [
+    // Server certificate not signed by the CA (Node/Deno wording; Bun's code name).
+    [
+      "untrusted CA given",
+      "14 UNAVAILABLE: unable to verify the first certificate",
+      tlsOnly,
+      /not signed by the CA given in tls\.ca/,
+    ],
+    [
+      "untrusted, no CA given",
+      "self-signed certificate in certificate chain",
+      systemCa,
+      /not signed by a CA this system trusts \(give etcd's CA as tls\.ca\)/,
+    ],
+    [
+      "Bun: untrusted",
+      "UNABLE_TO_VERIFY_LEAF_SIGNATURE: unable to verify leaf signature",
+      tlsOnly,
+      /not signed by the CA given in tls\.ca/,
+    ],
+    [
+      "Bun: self signed",
+      "DEPTH_ZERO_SELF_SIGNED_CERT",
+      tlsOnly,
+      /not signed by the CA given in tls\.ca/,
+    ],
+    // Host not named by the certificate.
+    [
+      "altname",
+      "Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list",
+      tlsOnly,
+      /does not name the host as given in options\.hosts/,
+    ],
+    [
+      "Deno: IP as servername",
+      "The property 'options.servername' must not be an IP address",
+      tlsOnly,
+      /Deno refuses an IP address/,
+    ],
+    // Scheme mismatches.
+    [
+      "http to TLS, refused",
+      "14 UNAVAILABLE: No connection established. Last error: Failed to connect (read ECONNRESET)",
+      plain,
+      /give https:\/\/ hosts/,
+    ],
+    [
+      "http to TLS, reset",
+      "14 UNAVAILABLE: No connection established. Last error: read ECONNRESET",
+      plain,
+      /give https:\/\/ hosts/,
+    ],
+    [
+      "https to plain",
+      "Client network socket disconnected before secure TLS connection was established",
+      tlsOnly,
+      /give http:\/\/ hosts/,
+    ],
+    // Client certificate missing or rejected: the alert, or only a broken pipe.
+    [
+      "no client cert, EPIPE",
+      "14 UNAVAILABLE: write EPIPE",
+      tlsOnly,
+      /may require a client certificate \(tls\.cert and tls\.key were not given\)$/,
+    ],
+    [
+      "no client cert, alert",
+      "error:14094410:SSL routines:ssl3_read_bytes:sslv3 alert bad certificate",
+      tlsOnly,
+      /may require a client certificate/,
+    ],
+    [
+      "Bun: no client cert",
+      "14 UNAVAILABLE: No connection established. Last error: SSLV3_ALERT_BAD_CERTIFICATE",
+      tlsOnly,
+      /may require a client certificate/,
+    ],
+    [
+      "Node: certificate required",
+      "tlsv13 alert certificate required",
+      tlsOnly,
+      /may require a client certificate/,
+    ],
+    [
+      "rejected client cert, told why",
+      "read ECONNRESET",
+      expired,
+      /etcd rejected the client certificate: the one in tls\.cert \(CN=x\) expired on 2020/,
+    ],
+    [
+      "rejected client cert, cannot tell",
+      "Bun: SSLV3_ALERT_BAD_CERTIFICATE",
+      withCert,
+      /rejected the client certificate or closed the TLS connection \(expired, or not signed by a CA etcd trusts\)$/,
+    ],
+    // With auth: etcd3's authenticate call fails first, and grpc-js keeps no reason.
+    [
+      "auth, no client cert",
+      "14 UNAVAILABLE: No connection established. Last error: null",
+      tlsOnly,
+      /may require a client certificate \(tls\.cert and tls\.key were not given\), or its certificate is not signed by the CA in tls\.ca/,
+    ],
+    [
+      "auth, client cert told why",
+      "14 UNAVAILABLE: No connection established. Last error: null",
+      expired,
+      /rejected the client certificate: the one in tls\.cert \(CN=x\) expired/,
+    ],
+    [
+      "auth, client cert, cannot tell",
+      "14 UNAVAILABLE: No connection established. Last error: null",
+      withCert,
+      /or etcd's certificate is not signed by the CA in tls\.ca\)$/,
+    ],
+    // Nothing to explain.
+    [
+      "plain refused",
+      "14 UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED 127.0.0.1:2379",
+      plain,
+      undefined,
+    ],
+    ["deadline", "4 DEADLINE_EXCEEDED: Deadline exceeded after 5.001s", tlsOnly, undefined],
+    [
+      "plain, null reason",
+      "14 UNAVAILABLE: No connection established. Last error: null",
+      plain,
+      undefined,
+    ],
+  ];
+  for (const [name, text, tls, expected] of cases) {
+    await t.step(name, () => {
+      const hint = explainText(text, tls);
+      if (expected === undefined) assert.equal(hint, undefined);
+      else assert.match(hint ?? "(no hint)", expected);
+    });
+  }
+});
