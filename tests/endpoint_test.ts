@@ -1,14 +1,12 @@
 import assert from "node:assert/strict";
 import {
-  addrProblem,
-  checkService,
   decodeEndpoint,
   encodeEndpoint,
   EndpointDecodeError,
   endpointKey,
-  MAX_VALUE_BYTES,
   servicePrefix,
 } from "../mod.ts";
+import { addrProblem, checkService, MAX_VALUE_BYTES } from "../src/endpoint.ts";
 
 Deno.test("encodeEndpoint() writes the bytes Go's encoding/json writes for endpoints.Update", async (t) => {
   const cases: [unknown, string][] = [
