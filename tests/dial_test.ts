@@ -10,6 +10,7 @@ import { Buffer } from "node:buffer";
 import {
   connect,
   consistentHash,
+  type Endpoint,
   type EtcdClient,
   register,
   roundRobin,
@@ -36,6 +37,18 @@ function waitForReady(client: grpc.Client, ms: number): Promise<void> {
   return new Promise((resolve, reject) =>
     client.waitForReady(Date.now() + ms, (error) => error ? reject(error) : resolve())
   );
+}
+
+/** Tracks whether `promise` has settled, for checks that a call is still waiting. */
+function tracked<T>(promise: Promise<T>): { promise: Promise<T>; readonly settled: boolean } {
+  const state = { promise, settled: false };
+  promise.then(() => state.settled = true, () => state.settled = true);
+  return state;
+}
+
+/** The dialed client's channel state. */
+function stateOf(client: grpc.Client): grpc.connectivityState {
+  return client.getChannel().getConnectivityState(false);
 }
 
 /** Starts a SayHello call and returns it with the promise of its outcome. */
@@ -66,10 +79,17 @@ Deno.test("dial: client.waitForReady fails at its deadline with no instance and 
     const start = Date.now();
     await assert.rejects(waitForReady(greeter, 300), /Failed to connect before the deadline/);
     assert.ok(Date.now() - start >= 290, `gave up after ${Date.now() - start} ms`);
-    const ready = waitForReady(greeter, 5000);
-    await sleep(200);
+    const ready = tracked(waitForReady(greeter, 30_000));
+    // etcd has answered with no instance: the channel says so, and the wait goes on.
+    await until(
+      "the channel in TRANSIENT_FAILURE",
+      5000,
+      () => stateOf(greeter) === grpc.connectivityState.TRANSIENT_FAILURE,
+    );
+    await Promise.resolve();
+    assert.equal(ready.settled, false, "waitForReady settled with no instance");
     await using _a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
-    await ready;
+    await ready.promise;
     assert.equal(greeter.getChannel().getConnectivityState(false), grpc.connectivityState.READY);
     // Ready means a call goes through without waiting.
     assert.equal((await sayHello(greeter, { name: "x" })).instance, "a");
@@ -86,7 +106,12 @@ Deno.test("dial: cancelling a call ends it CANCELLED, whether it waits for an in
   try {
     // Waiting for an instance (none registered): cancelled at once, and never sent later.
     const waiting = startCall(greeter, { name: "early" }, { waitForReady: true });
-    await sleep(100);
+    // etcd has answered with no instance: the call is queued, waiting for one.
+    await until(
+      "the channel in TRANSIENT_FAILURE",
+      5000,
+      () => stateOf(greeter) === grpc.connectivityState.TRANSIENT_FAILURE,
+    );
     waiting.call.cancel();
     const early = await waiting.outcome;
     assert.ok(early instanceof Error, `answered: ${JSON.stringify(early)}`);
@@ -99,14 +124,18 @@ Deno.test("dial: cancelling a call ends it CANCELLED, whether it waits for an in
     await untilAllAnswer(greeter, 1);
     const answered = handled;
 
-    // Running on an instance (the server takes 2 s): cancelled within the second.
+    // Running on an instance (the server answers after 2 s): cancelled, not answered.
     const running = startCall(greeter, { name: "slow", delay_ms: 2000 });
-    await sleep(200);
+    await until("the slow call on the instance", 5000, () => handled === answered + 1);
     const start = Date.now();
     running.call.cancel();
     const slow = await running.outcome;
-    assert.equal((slow as grpc.ServiceError).code, grpc.status.CANCELLED);
-    assert.ok(Date.now() - start < 1000, `ended after ${Date.now() - start} ms`);
+    assert.equal(
+      (slow as grpc.ServiceError).code,
+      grpc.status.CANCELLED,
+      `answered: ${JSON.stringify(slow)}`,
+    );
+    console.log(`the running call ended ${Date.now() - start} ms after cancel()`);
     assert.equal(handled, answered + 1, "the running call reached the instance, the early one not");
     // The channel goes on serving.
     assert.equal((await sayHello(greeter, { name: "after" })).instance, "a");
@@ -171,7 +200,14 @@ Deno.test("dial: a weight changed in a live instance's metadata takes effect", a
   await using client = connect({ hosts: etcd.endpoint });
   await using a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
   await using _b = await startGreeter(client, SERVICE, "b", { drainMs: 0 });
-  const greeter = dial(client, SERVICE, Greeter, { balancer: weightedRoundRobin });
+  // The endpoints each picker was built over: the update is in once one carries the weight.
+  let built: readonly Endpoint[] = [];
+  const greeter = dial(client, SERVICE, Greeter, {
+    balancer: (endpoints, context) => {
+      built = endpoints;
+      return weightedRoundRobin(endpoints, context);
+    },
+  });
   try {
     await untilAllAnswer(greeter, 2);
     const shares = async (calls: number) => {
@@ -190,7 +226,14 @@ Deno.test("dial: a weight changed in a live instance's metadata takes effect", a
       JSON.stringify({ Op: 0, Addr: a.addr, Metadata: { weight: 3 } }),
       a.registration.lease,
     );
-    await sleep(200);
+    await until(
+      "a picker built over the new weight",
+      5000,
+      () =>
+        built.some((e) =>
+          e.addr === a.addr && (e.metadata as { weight?: number } | undefined)?.weight === 3
+        ),
+    );
     // Smooth weighted round robin: exactly 3 of every 4 calls to a, from any starting point.
     assert.deepEqual(await shares(40), { a: 30, b: 10 });
   } finally {
@@ -246,11 +289,18 @@ Deno.test("dial: server-streaming and bidi calls run whole on the instance picke
   await using etcd = await startEtcd();
   await using client = connect({ hosts: etcd.endpoint });
   const instances = [await startStreams(client, "a"), await startStreams(client, "b")];
-  // deno-lint-ignore no-explicit-any
-  const streams = dial(client, "svc/streams", Streams) as any;
+  // How many instances the latest picker was built over (the READY ones).
+  let ready = 0;
+  const streams = dial(client, "svc/streams", Streams, {
+    balancer: (endpoints) => {
+      ready = endpoints.length;
+      return roundRobin(endpoints);
+    },
+    // deno-lint-ignore no-explicit-any
+  }) as any;
   try {
     await waitForReady(streams, 5000);
-    await sleep(300); // both instances connected
+    await until("both instances connected", 5000, () => ready === 2);
     const by = new Set<string>();
     for (let call = 0; call < 4; call++) {
       // Server streaming: 50 messages, in order, all from one instance.
@@ -330,15 +380,23 @@ Deno.test("dial: with healthCheck, an instance reporting NOT_SERVING gets no cal
     // None serving: a plain call fails fast, a waitForReady call waits for one to serve again.
     a.setHealth("NOT_SERVING");
     b.setHealth("NOT_SERVING");
-    await sleep(200);
+    await until(
+      "neither instance serving, as the channel sees it",
+      5000,
+      () => stateOf(checked) === grpc.connectivityState.TRANSIENT_FAILURE,
+    );
     await assert.rejects(
-      sayHello(checked, { name: "x" }),
+      sayHello(checked, { name: "x" }, { deadline: Date.now() + 30_000 }),
       (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE,
     );
-    const waiting = sayHello(checked, { name: "x" }, { waitForReady: true });
+    const waiting = tracked(
+      sayHello(checked, { name: "x" }, { waitForReady: true, deadline: Date.now() + 30_000 }),
+    );
+    // The scenario: a while with nothing serving, during which the call keeps waiting.
     await sleep(300);
+    assert.equal(waiting.settled, false, "the waitForReady call ended with nothing serving");
     b.setHealth("SERVING");
-    assert.equal((await waiting).instance, "b");
+    assert.equal((await waiting.promise).instance, "b");
   } finally {
     checked.close();
     unchecked.close();
