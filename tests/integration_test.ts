@@ -97,7 +97,7 @@ Deno.test("etcd: register() heals a key deleted and a lease revoked by someone e
   });
   assert.notEqual(reg.lease, first);
   // The put is visible in etcd just before its response reaches the registration.
-  await until("state registered", 1000, () => Promise.resolve(reg.state === "registered"));
+  await until("state registered", 5000, () => Promise.resolve(reg.state === "registered"));
   assert.ok(states.includes("recovering"));
   console.log(`healed: delete in ${healDelete} ms, revoke in ${healRevoke} ms`);
 });
@@ -125,21 +125,32 @@ Deno.test("etcd: a registration cut off past its TTL comes back within the backo
   );
   console.log(`back ${took} ms after the proxy was restored`);
   // The put is visible in etcd just before its response reaches the registration.
-  await until("state registered", 1000, () => Promise.resolve(reg.state === "registered"));
+  await until("state registered", 5000, () => Promise.resolve(reg.state === "registered"));
 });
 
 Deno.test("etcd: register() with etcd unreachable rejects within `timeout`, naming the hosts", async () => {
   const port = freePort();
   await using client = connect({ hosts: `127.0.0.1:${port}`, dialTimeout: 500 });
   const start = Date.now();
-  await assert.rejects(
+  const rejected = assert.rejects(
     register(client, "svc/echo", { addr: "127.0.0.1:4" }, { timeout: 1500 }),
     new RegExp(
       `could not register "svc/echo/127.0.0.1:4" on etcd at 127.0.0.1:${port} within 1500 ms`,
     ),
   );
+  // It gave up at its timeout: not before it, and before a timer set for the default (5000 ms)
+  // fires (an order of events, which a slow machine keeps).
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const first = await Promise.race([
+    rejected.then(() => "rejected"),
+    new Promise((resolve) => timer = setTimeout(() => resolve("the default timeout"), 5000)),
+  ]);
+  clearTimeout(timer);
+  await rejected;
   const took = Date.now() - start;
-  assert.ok(took >= 1400 && took < 3500, `rejected after ${took} ms`);
+  console.log(`rejected after ${took} ms`);
+  assert.equal(first, "rejected", `still trying when the default timeout would have passed`);
+  assert.ok(took >= 1400, `rejected after ${took} ms`);
 });
 
 Deno.test("etcd: register() with etcd unreachable rejects in about 5 s by default", async () => {
@@ -147,8 +158,10 @@ Deno.test("etcd: register() with etcd unreachable rejects in about 5 s by defaul
   await using client = connect({ hosts: `http://127.0.0.1:${port}` });
   const start = Date.now();
   await assert.rejects(register(client, "svc/echo", { addr: "127.0.0.1:4" }), /within 5000 ms/);
+  // It waited for the default (which the message names).
   const took = Date.now() - start;
-  assert.ok(took >= 4900 && took < 8000, `rejected after ${took} ms`);
+  console.log(`rejected after ${took} ms`);
+  assert.ok(took >= 4900, `rejected after ${took} ms`);
 });
 
 Deno.test("etcd: resolve() streams the snapshot then each change, and resolvers share one watch", async () => {
@@ -194,10 +207,12 @@ Deno.test("etcd: after a reconnect resolve() misses no change and repeats none",
   await put(1);
   assert.equal((await next(it)).length, 1);
   for (let round = 0; round < 3; round++) {
+    const reported = errors.length;
     await proxy.cut();
     for (let n = 2; n < 12; n++) await put(n);
     for (let n = 2; n < 7; n++) await writer.delete().key(`svc/echo/10.0.0.${n}:1`);
-    await sleep(200);
+    // The resolver has noticed the cut before the connection comes back.
+    await until(`round ${round}: the cut reported`, 10_000, () => errors.length > reported);
     proxy.restore();
     const seen: Update[] = [];
     while (seen.length < 15) seen.push(...await next(it));
@@ -205,7 +220,6 @@ Deno.test("etcd: after a reconnect resolve() misses no change and repeats none",
     assert.deepEqual(seen.slice(0, 10).map((u) => u.op), Array(10).fill("add"));
     assert.deepEqual(seen.slice(10).map((u) => u.op), Array(5).fill("delete"));
   }
-  assert.ok(errors.length > 0, "the lost connection was reported");
   await put(99);
   assert.deepEqual(
     (await next(it)).map((u) => u.key),
