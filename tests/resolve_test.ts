@@ -12,6 +12,7 @@ import {
 import { memoryClient, MemoryEtcd, UnavailableError } from "../testing.ts";
 import { fakeTime } from "./fake_time.ts";
 import { withOverrides } from "./overrides.ts";
+import { until } from "./wait.ts";
 
 const value = (addr: string, metadata?: unknown) => encodeEndpoint({ addr, metadata });
 
@@ -98,8 +99,11 @@ Deno.test("resolve() keeps the view while cut off, then resumes without missing 
   await writer.put("svc/a/2.2.2.2:1", value("2.2.2.2:1"));
   await writer.delete("svc/a/1.1.1.1:1");
   await writer.put("svc/a/3.3.3.3:1", value("3.3.3.3:1"));
-  await new Promise((r) => setTimeout(r, 50));
-  assert.ok(errors.some((e) => e instanceof UnavailableError), "the lost connection was reported");
+  await until(
+    "the lost connection reported",
+    5000,
+    () => errors.some((e) => e instanceof UnavailableError),
+  );
   client.reconnect();
   const seen: Update[] = [];
   while (seen.length < 3) seen.push(...await next(it));
