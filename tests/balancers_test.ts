@@ -3,11 +3,13 @@ import {
   consistentHash,
   type Endpoint,
   p2c,
+  type Picker,
   type PickInfo,
   random,
   roundRobin,
   weightedRoundRobin,
 } from "../mod.ts";
+import { hash32 } from "../src/balancers/consistent_hash.ts";
 
 /** A seeded generator (Park–Miller), so every run draws the same numbers. */
 function seeded(seed: number): () => number {
@@ -160,45 +162,80 @@ const call = (key: string | undefined): PickInfo => ({
   header: (name) => (name === "x-hash-key" ? key : undefined),
 });
 
-Deno.test("consistentHash() is sticky and moves about 1/n of the keys when one of n changes", () => {
+/** The endpoint each key goes to, by address. */
+function owners(pick: Picker, keys: string[]): string[] {
+  return keys.map((k) => pick(call(k))!.addr);
+}
+
+Deno.test("consistentHash() moves exactly the keys of an endpoint that leaves, and only keys to one that joins", async (t) => {
+  // Sizes on both sides of a change in the lookup table's size (a power of two per ring
+  // size): 3 → 2 and 10 → 11 endpoints cross one, so a table that rounded hashes to its
+  // own resolution would move keys between endpoints that stayed.
+  for (const n of [3, 10, 100, 1000]) {
+    await t.step(`${n} endpoints`, () => {
+      const keys = Array.from({ length: Math.max(20_000, 200 * n) }, (_, i) => `user-${i}`);
+      const list = endpoints(n);
+      const before = owners(consistentHash(list), keys);
+      for (const gone of [0, n >> 1, n - 1]) {
+        const removed = list[gone]!.addr;
+        const after = owners(consistentHash(list.filter((_, i) => i !== gone)), keys);
+        let moved = 0;
+        for (let k = 0; k < keys.length; k++) {
+          if (before[k] === removed) {
+            moved++;
+            assert.notEqual(after[k], removed);
+          } else {
+            assert.equal(after[k], before[k], `${keys[k]} moved from ${before[k]} to ${after[k]}`);
+          }
+        }
+        assert.ok(moved > 0, `${removed} had no keys`);
+      }
+      const added = { addr: "10.9.9.9:50051" };
+      const after = owners(consistentHash([...list, added]), keys);
+      let gained = 0;
+      for (let k = 0; k < keys.length; k++) {
+        if (after[k] === before[k]) continue;
+        gained++;
+        assert.equal(after[k], added.addr, `${keys[k]} moved between endpoints that stayed`);
+      }
+      const share = (gained / keys.length) * n;
+      assert.ok(
+        share > 0.5 && share < 2,
+        `the new endpoint took ${share.toFixed(2)}/n of the keys`,
+      );
+    });
+  }
+});
+
+Deno.test("consistentHash() spreads keys: with 100 ring points each, no endpoint holds over 1.25/n (10) or 1.35/n (100)", () => {
+  const keys = Array.from({ length: 100_000 }, (_, i) => `user-${i}`);
+  for (const [n, most, least] of [[10, 1.25, 0.75], [100, 1.35, 0.65]] as const) {
+    const counts = new Map<string, number>();
+    for (const addr of owners(consistentHash(endpoints(n)), keys)) {
+      counts.set(addr, (counts.get(addr) ?? 0) + 1);
+    }
+    const shares = endpoints(n).map((e) => ((counts.get(e.addr) ?? 0) / keys.length) * n);
+    assert.ok(Math.max(...shares) <= most, `${n}: the busiest holds ${Math.max(...shares)}/n`);
+    assert.ok(Math.min(...shares) >= least, `${n}: the idlest holds ${Math.min(...shares)}/n`);
+  }
+});
+
+Deno.test("consistentHash() answers the same for any order of the list, even where two addresses' points coincide", () => {
+  // Two addresses with the same 32-bit hash have all their ring points at the same positions:
+  // the lower address takes them, whatever the order of the list.
+  const low = { addr: "10.0.107.237:50051" };
+  const high = { addr: "10.2.219.40:50051" };
+  assert.equal(hash32(low.addr), hash32(high.addr), "the fixture's addresses must collide");
+  const others = endpoints(5);
   const keys = Array.from({ length: 10_000 }, (_, i) => `user-${i}`);
-  const ten = endpoints(10);
-  const before = consistentHash(ten);
-  const owner = new Map(keys.map((k) => [k, before(call(k))!.addr]));
-  // Sticky, and the same on another client building the same ring.
-  const again = consistentHash([...ten].reverse());
-  for (const k of keys.slice(0, 500)) assert.equal(again(call(k))!.addr, owner.get(k));
-  // Spread: each of 10 endpoints owns 5–15 % of the keys.
-  const perOwner = new Map<string, number>();
-  for (const addr of owner.values()) perOwner.set(addr, (perOwner.get(addr) ?? 0) + 1);
-  for (const n of perOwner.values()) assert.ok(n > 500 && n < 1500, `owns ${n}`);
-
-  // Remove one: only its keys move.
-  const removed = ten[3]!.addr;
-  const nine = consistentHash(ten.filter((e) => e.addr !== removed));
-  let moved = 0;
-  for (const k of keys) {
-    const now = nine(call(k))!.addr;
-    if (now !== owner.get(k)) {
-      moved++;
-      assert.equal(owner.get(k), removed, `${k} moved from a live endpoint`);
-    }
-  }
-  assert.equal(moved, perOwner.get(removed));
-  assert.ok(moved / keys.length > 0.05 && moved / keys.length < 0.15, `moved ${moved}`);
-
-  // Add one: only keys that now go to it move.
-  const added = { addr: "10.9.9.9:50051" };
-  const eleven = consistentHash([...ten, added]);
-  let gained = 0;
-  for (const k of keys) {
-    const now = eleven(call(k))!.addr;
-    if (now !== owner.get(k)) {
-      gained++;
-      assert.equal(now, added.addr);
-    }
-  }
-  assert.ok(gained / keys.length > 0.04 && gained / keys.length < 0.15, `moved ${gained}`);
+  const forward = owners(consistentHash([low, high, ...others]), keys);
+  assert.deepEqual(owners(consistentHash([...others, high, low]), keys), forward);
+  assert.deepEqual(owners(consistentHash([high, ...others.toReversed(), low]), keys), forward);
+  assert.ok(forward.includes(low.addr));
+  assert.ok(!forward.includes(high.addr));
+  // Sticky: one picker gives a key the same endpoint every time.
+  const pick = consistentHash(others);
+  for (const k of keys.slice(0, 100)) assert.equal(pick(call(k)), pick(call(k)));
 });
 
 Deno.test("consistentHash() without a key goes round robin; bad options name the argument", () => {
