@@ -1,8 +1,9 @@
 /**
  * Picks per second of each balancer against a bare array walk, for 3, 100 and
- * 10,000 endpoints. Each iteration makes 1,000 picks so that the harness's own
- * cost per iteration does not hide the picker's. Each balancer gets its own
- * bench function, so that V8 sees one picker per call site, as in real use.
+ * 10,000 endpoints, and of consistentHash against hashing its key alone. Each
+ * iteration makes 1,000 picks so that the harness's own cost per iteration does
+ * not hide the picker's. Each balancer gets its own bench function, so that V8
+ * sees one picker per call site, as in real use.
  *
  *   deno task bench bench/picker_bench.ts
  */
@@ -93,35 +94,6 @@ for (const n of [3, 100, 10_000]) {
     },
   });
 
-  if (n === 10_000) {
-    // What any picker whose choice depends on the whole key pays at least: reading each
-    // character once, with no hashing and no lookup.
-    let r = 0;
-    Deno.bench({
-      name: "reference: reading the request key's characters alone",
-      group,
-      fn() {
-        let acc = 0;
-        for (let k = 0; k < PICKS; k++) {
-          const key = infos[r++ & 1023]!.header("x-hash-key")!;
-          for (let c = 0; c < key.length; c++) acc ^= key.charCodeAt(c);
-        }
-        sink.value += acc;
-      },
-    });
-    // What any picker that hashes the request key pays before it looks anything up.
-    let h = 0;
-    Deno.bench({
-      name: "reference: hashing the request key alone (consistentHash's hash32)",
-      group,
-      fn() {
-        let acc = 0;
-        for (let k = 0; k < PICKS; k++) acc += hash32(infos[h++ & 1023]!.header("x-hash-key")!);
-        sink.value += acc;
-      },
-    });
-  }
-
   const ring = consistentHash(list);
   let j = 0;
   Deno.bench({
@@ -130,6 +102,59 @@ for (const n of [3, 100, 10_000]) {
     fn() {
       let acc = 0;
       for (let k = 0; k < PICKS; k++) acc += ring(infos[j++ & 1023])!.addr.length;
+      sink.value += acc;
+    },
+  });
+
+  // consistentHash against what hashing its key costs: the same function, the same keys, in
+  // the same run. The rows "reference" are floors: any picker that depends on the whole key
+  // reads its characters, and any that hashes it then fetches one of n endpoints.
+  const vsHash = `consistentHash against hashing its key, ${n.toLocaleString("en")} endpoints`;
+  let h = 0;
+  Deno.bench({
+    name: "baseline: hashing the request key alone (consistentHash's hash32)",
+    group: vsHash,
+    baseline: true,
+    fn() {
+      let acc = 0;
+      for (let k = 0; k < PICKS; k++) acc += hash32(infos[h++ & 1023]!.header("x-hash-key")!);
+      sink.value += acc;
+    },
+  });
+  let r = 0;
+  Deno.bench({
+    name: "reference: reading the request key's characters alone",
+    group: vsHash,
+    fn() {
+      let acc = 0;
+      for (let k = 0; k < PICKS; k++) {
+        const key = infos[r++ & 1023]!.header("x-hash-key")!;
+        for (let c = 0; c < key.length; c++) acc ^= key.charCodeAt(c);
+      }
+      sink.value += acc;
+    },
+  });
+  const scale = n / 2 ** 32;
+  let f = 0;
+  Deno.bench({
+    name: "reference: the hash, then the endpoint at hash × n / 2^32 (no ring, not consistent)",
+    group: vsHash,
+    fn() {
+      let acc = 0;
+      for (let k = 0; k < PICKS; k++) {
+        acc += list[(hash32(infos[f++ & 1023]!.header("x-hash-key")!) * scale) | 0]!.addr.length;
+      }
+      sink.value += acc;
+    },
+  });
+  const sticky = consistentHash(list);
+  let s = 0;
+  Deno.bench({
+    name: "consistentHash",
+    group: vsHash,
+    fn() {
+      let acc = 0;
+      for (let k = 0; k < PICKS; k++) acc += sticky(infos[s++ & 1023])!.addr.length;
       sink.value += acc;
     },
   });
