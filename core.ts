@@ -13,7 +13,7 @@
  * const value = encodeEndpoint({ addr: "10.0.0.1:50051", metadata: { zone: "eu-1" } });
  * assert.equal(value, '{"Op":0,"Addr":"10.0.0.1:50051","Metadata":{"zone":"eu-1"}}');
  * const endpoint = decodeEndpoint("svc/a/10.0.0.1:50051", new TextEncoder().encode(value));
- * const pick = consistentHash([endpoint as Endpoint], undefined, { key: () => "alice" });
+ * const pick = consistentHash({ key: () => "alice" })([endpoint as Endpoint]);
  * assert.equal(pick({ method: "/x.Y/Z", header: () => undefined })?.addr, "10.0.0.1:50051");
  * ```
  *

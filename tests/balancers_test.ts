@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  type Balancer,
   consistentHash,
   type Endpoint,
   p2c,
@@ -107,9 +108,9 @@ Deno.test("weightedRoundRobin() treats bad weights as 1 and reports each", () =>
 
 Deno.test("random() is uniform and takes its randomness from the caller", () => {
   const list = endpoints(4);
-  assert.equal(random(list, undefined, { random: () => 0 })(), list[0]);
-  assert.equal(random(list, undefined, { random: () => 0.99 })(), list[3]);
-  const pick = random(list, undefined, { random: seeded(3) });
+  assert.equal(random({ random: () => 0 })(list)(), list[0]);
+  assert.equal(random({ random: () => 0.99 })(list)(), list[3]);
+  const pick = random({ random: seeded(3) })(list);
   const counts = new Map<string, number>();
   for (let i = 0; i < 40_000; i++) {
     const addr = pick()!.addr;
@@ -133,7 +134,7 @@ Deno.test("random() is uniform and takes its randomness from the caller", () => 
 Deno.test("p2c() takes the less loaded of two different endpoints", () => {
   const list = endpoints(3);
   const load = new Map([[list[0]!.addr, 10], [list[1]!.addr, 0], [list[2]!.addr, 5]]);
-  const pick = p2c(list, { inflight: (e) => load.get(e.addr)! }, { random: seeded(5) });
+  const pick = p2c({ random: seeded(5) })(list, { inflight: (e) => load.get(e.addr)! });
   const counts = new Map<string, number>();
   for (let i = 0; i < 3000; i++) {
     const addr = pick()!.addr;
@@ -145,13 +146,13 @@ Deno.test("p2c() takes the less loaded of two different endpoints", () => {
   const share = (counts.get(list[1]!.addr) ?? 0) / 3000;
   assert.ok(share > 0.6 && share < 0.73, `share ${share}`);
   // The same draws with counts by index (as dial provides) give the same picks.
-  const byAddr = p2c(list, { inflight: (e) => load.get(e.addr)! }, { random: seeded(7) });
-  const byIndex = p2c(list, { inflightAt: (i) => load.get(list[i]!.addr)! }, {
-    random: seeded(7),
+  const byAddr = p2c({ random: seeded(7) })(list, { inflight: (e) => load.get(e.addr)! });
+  const byIndex = p2c({ random: seeded(7) })(list, {
+    inflightAt: (i) => load.get(list[i]!.addr)!,
   });
   for (let i = 0; i < 500; i++) assert.equal(byIndex(), byAddr());
   // Without load information it is uniform.
-  const plain = p2c(list, undefined, { random: seeded(9) });
+  const plain = p2c({ random: seeded(9) })(list);
   const seen = new Set(Array.from({ length: 100 }, () => plain()!.addr));
   assert.equal(seen.size, 3);
   assert.equal(p2c([])(), undefined);
@@ -238,21 +239,99 @@ Deno.test("consistentHash() answers the same for any order of the list, even whe
   for (const k of keys.slice(0, 100)) assert.equal(pick(call(k)), pick(call(k)));
 });
 
-Deno.test("consistentHash() without a key goes round robin; bad options name the argument", () => {
+Deno.test("consistentHash() without a key goes round robin", () => {
   const list = endpoints(3);
   const pick = consistentHash(list);
   assert.deepEqual([pick(call(undefined)), pick(), pick()], list);
-  assert.throws(
-    () => consistentHash(list, undefined, { replicas: 0 }),
-    /options.replicas must be an integer from 1 to 10000, got 0/,
-  );
-  const byKey = consistentHash(list, undefined, { key: (info) => info.method });
-  assert.equal(byKey(call("a")), byKey(call("b")), "a custom key function decides");
   assert.equal(consistentHash([])(), undefined);
 });
 
+Deno.test("a balancer with options is a Balancer: consistentHash({ header }), random({ random }), p2c({ random })", () => {
+  const list = endpoints(20);
+  const user = (name: string): PickInfo => ({
+    method: "/demo.Svc/Get",
+    header: (h) => (h === "x-user" ? name : h === "x-hash-key" ? "same for all" : undefined),
+  });
+  // The header is read in lower case, and replaces x-hash-key.
+  const sticky: Balancer = consistentHash({ header: "X-User" });
+  const pick = sticky(list);
+  const users = Array.from({ length: 200 }, (_, i) => `u${i}`);
+  const homes = new Set(users.map((u) => pick(user(u))!.addr));
+  assert.ok(homes.size > 10, `200 users on ${homes.size} of 20 endpoints`);
+  for (const u of users) assert.equal(pick(user(u)), pick(user(u)));
+  // Options make the same ring as the plain form: only the key differs.
+  const plain = consistentHash(list);
+  const viaOptions = consistentHash({})(list);
+  for (const k of users) assert.equal(viaOptions(call(k)), plain(call(k)));
+  const byMethod = consistentHash({ key: (info) => info.method })(list);
+  assert.equal(byMethod(call("a")), byMethod(call("b")), "a custom key function decides");
+  // random and p2c draw from the source given.
+  const last: Balancer = random({ random: () => 0.99 });
+  assert.equal(last(list)(), list[19]);
+  // p2c's balancer passes the context on: the one idle endpoint wins every draw it is in,
+  // 2 of 20 (uniform would give it 1 of 20).
+  const lighter: Balancer = p2c({ random: seeded(1) });
+  const choice = lighter(list, { inflightAt: (i) => (i === 4 ? 0 : 9) });
+  const idle = Array.from({ length: 4000 }, () => choice()).filter((e) => e === list[4]).length;
+  assert.ok(idle > 340 && idle < 460, `the idle endpoint got ${idle} of 4000`);
+});
+
+Deno.test("balancers name a wrong argument and its value", () => {
+  const cases: [() => unknown, RegExp][] = [
+    [
+      () => consistentHash(42 as never),
+      /^consistentHash: the first argument must be an array of endpoints or an options object \{ header, key, replicas \}, got 42$/,
+    ],
+    [() => consistentHash("a:1" as never), /got "a:1"$/],
+    [() => consistentHash(undefined as never), /got undefined$/],
+    [() => consistentHash(null as never), /got null$/],
+    [() => random(roundRobin as never), /^random: .* \{ random \}, got a function roundRobin$/],
+    [() => p2c(true as never), /^p2c: .* \{ random \}, got true$/],
+    [
+      () => consistentHash({ headers: "x-user" } as never),
+      /^consistentHash: options has no field "headers" \(it takes header, key, replicas\)$/,
+    ],
+    [() => consistentHash({ header: "" }), /options.header must be a non-empty string, got ""/],
+    [
+      () => consistentHash({ key: "x-user" } as never),
+      /options.key must be a function, got "x-user"/,
+    ],
+    [
+      () => random({ random: 0.5 } as never),
+      /^random: options.random must be a function, got 0.5$/,
+    ],
+    [() => p2c({ seed: 1 } as never), /^p2c: options has no field "seed" \(it takes random\)$/],
+    [
+      () => consistentHash({})({ addr: "a:1" } as never),
+      /^consistentHash\(options\) is a balancer: its first argument must be an array of endpoints, got \[object Object\]$/,
+    ],
+    [() => random({})(3 as never), /^random\(options\) is a balancer: .*, got 3$/],
+    [
+      () => weightedRoundRobin({} as never),
+      /^weightedRoundRobin: endpoints must be an array \(it takes no options; weights come from metadata.weight\), got \[object Object\]$/,
+    ],
+  ];
+  for (const [run, message] of cases) assert.throws(run, { name: "TypeError", message });
+  // Options are checked when the balancer is made, not at its first list.
+  assert.throws(
+    () => consistentHash({ replicas: 0 }),
+    { name: "RangeError", message: /options.replicas must be an integer from 1 to 10000, got 0/ },
+  );
+  assert.throws(() => consistentHash({ replicas: 1.5 }), RangeError);
+});
+
 Deno.test("every balancer returns undefined for no endpoints and copies its input", () => {
-  for (const balancer of [roundRobin, weightedRoundRobin, random, p2c, consistentHash]) {
+  const balancers: Balancer[] = [
+    roundRobin,
+    weightedRoundRobin,
+    random,
+    p2c,
+    consistentHash,
+    random({ random: seeded(2) }),
+    p2c({ random: seeded(4) }),
+    consistentHash({ header: "x-user" }),
+  ];
+  for (const balancer of balancers) {
     assert.equal(balancer([])(), undefined, balancer.name);
     const list = endpoints(2);
     const pick = balancer(list);

@@ -166,7 +166,7 @@ Deno.test("dial: consistentHash on a request header sends every key to one insta
     ["a", "b", "c"].map((name) => startGreeter(client, SERVICE, name, { drainMs: 0 })),
   );
   const greeter = dial(client, SERVICE, Greeter, {
-    balancer: (endpoints, context) => consistentHash(endpoints, context, { header: "x-user" }),
+    balancer: consistentHash({ header: "x-user" }),
   });
   try {
     await untilAllAnswer(greeter, 3);

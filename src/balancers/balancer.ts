@@ -38,6 +38,25 @@ export type Picker = (info?: PickInfo) => Endpoint | undefined;
 
 /**
  * Builds a picker over a list of endpoints (the ready instances of a service).
- * {@linkcode roundRobin} is one. `dial()` builds a new picker whenever the list changes.
+ * `dial()` builds a new picker whenever the list changes.
+ *
+ * Every balancer of this module is a `Balancer` as it is: {@linkcode roundRobin},
+ * `weightedRoundRobin`, `random`, `p2c` and `consistentHash` (the last three with
+ * default options). A balancer with options makes a `Balancer` when called with
+ * an options object instead of a list: `consistentHash({ header: "x-user" })`,
+ * `random({ random })`, `p2c({ random })`. So `dial(..., { balancer: p2c })` and
+ * `dial(..., { balancer: consistentHash({ header: "x-user" }) })` both work, with
+ * no wrapper function. Anything but an array or an options object as the first
+ * argument is a `TypeError`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type Balancer, consistentHash, p2c, roundRobin } from "@seed/grpc-etcd";
+ * const balancers: Balancer[] = [roundRobin, p2c, consistentHash({ header: "x-user" })];
+ * for (const balancer of balancers) {
+ *   assert.equal(balancer([{ addr: "a:1" }])()?.addr, "a:1");
+ * }
+ * ```
  */
 export type Balancer = (endpoints: readonly Endpoint[], context?: BalancerContext) => Picker;

@@ -4,7 +4,8 @@
  * @module
  */
 import type { Endpoint } from "../endpoint.ts";
-import type { BalancerContext, Picker, PickInfo } from "./balancer.ts";
+import type { Balancer, BalancerContext, Picker, PickInfo } from "./balancer.ts";
+import { checkEndpoints, checkFields, checkFunction, isEndpointList, show } from "./_arguments.ts";
 
 /** Options of {@linkcode consistentHash}. */
 export interface ConsistentHashOptions {
@@ -78,20 +79,48 @@ function radixOrder(keys: Uint32Array): Uint32Array {
 }
 
 /**
+ * Makes a consistent-hashing balancer with options: the result is a
+ * {@linkcode Balancer}, to pass as `dial`'s `balancer`. Without options, pass
+ * `consistentHash` itself (see the other form).
+ *
+ * @example Routing by the "x-user" header
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { type Balancer, consistentHash } from "@seed/grpc-etcd";
+ * const balancer: Balancer = consistentHash({ header: "x-user" });
+ * const pick = balancer([{ addr: "a:1" }, { addr: "b:1" }, { addr: "c:1" }]);
+ * const call = (user: string) => ({
+ *   method: "/x.Y/Z",
+ *   header: (name: string) => (name === "x-user" ? user : undefined),
+ * });
+ * assert.equal(pick(call("alice"))?.addr, pick(call("alice"))?.addr);
+ * assert.throws(() => consistentHash({ header: 42 } as never), TypeError);
+ * ```
+ *
+ * @param options where the key comes from (`header`, or a `key` function), and
+ *   the ring's resolution (`replicas`)
+ * @returns a balancer that builds consistent-hashing pickers with those options
+ * @throws {TypeError} when `options` has an unknown field, `header` is not a
+ *   non-empty string or `key` not a function
+ * @throws {RangeError} when `replicas` is not an integer from 1 to 10000
+ */
+export function consistentHash(options: ConsistentHashOptions): Balancer;
+/**
  * Builds a picker that routes every call with the same key to the same
  * endpoint while the set of endpoints is unchanged. When one of n endpoints
  * leaves, only the keys it had move; when one joins, only the keys that now go
- * to it (about 1/n). The key comes from `options.key`, else from the request
- * header `options.header`; calls without a key go round robin. Ring positions
- * derive from `addr` alone (points at one position go to the lowest `addr`), so
- * every client builds the same ring from the same set of addresses.
+ * to it (about 1/n). The key comes from the request header `x-hash-key` (see
+ * the form with options for another header or a key function); calls without a
+ * key go round robin. Ring positions derive from `addr` alone (points at one
+ * position go to the lowest `addr`), so every client builds the same ring from
+ * the same set of addresses. This form is a {@linkcode Balancer} itself.
  *
  * The ring has `replicas` points per endpoint; a key belongs to the first point
  * at or after its 32-bit hash. A table splits the hash space into 2^k equal
  * ranges, 4 to 8 per point: a range with no point in it (78 to 88 % of them)
- * holds its owner, the others where their points start on the ring. So a pick hashes
- * the key once, reads one slot, and in a range with points compares the hash
- * with one or two of them: O(1), with the ring's exact answer. Building is
+ * holds its owner, the others where their points start on the ring. So a pick
+ * hashes the key once, reads one slot, and in a range with points compares the
+ * hash with one or two of them: O(1), with the ring's exact answer. Building is
  * O(n·r + 2^k) for r replicas: n address hashes, a radix sort of the points and
  * one pass over the table. The table takes 8 bytes a slot (a reference each):
  * 16 KiB at 3 endpoints, 512 KiB at 100, 4 MiB at 10,000 with the default
@@ -100,29 +129,76 @@ function radixOrder(keys: Uint32Array): Uint32Array {
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { consistentHash } from "@seed/grpc-etcd";
- * const endpoints = [{ addr: "a:1" }, { addr: "b:1" }, { addr: "c:1" }];
- * const pick = consistentHash(endpoints, undefined, { key: (info) => info.header("user") });
- * const call = (user: string) => ({ method: "/x.Y/Z", header: (n: string) => n === "user" ? user : undefined });
+ * import { type Balancer, consistentHash } from "@seed/grpc-etcd";
+ * const pick = consistentHash([{ addr: "a:1" }, { addr: "b:1" }, { addr: "c:1" }]);
+ * const call = (key: string) => ({
+ *   method: "/x.Y/Z",
+ *   header: (name: string) => (name === "x-hash-key" ? key : undefined),
+ * });
  * assert.equal(pick(call("alice"))?.addr, pick(call("alice"))?.addr);
+ * const balancer: Balancer = consistentHash; // as dial's `balancer`
+ * assert.equal(balancer([])(), undefined);
  * ```
  *
  * @param endpoints the endpoints
- * @param _context unused
- * @param options where the key comes from, and the ring's resolution
+ * @param context unused
  * @returns the picker
- * @throws {RangeError} when `replicas` is not a positive integer
+ * @throws {TypeError} when `endpoints` is neither an array nor an options object
+ * @throws {RangeError} when the ring would have 2^21 points or more (over 20,000
+ *   endpoints at 100 replicas)
  */
 export function consistentHash(
   endpoints: readonly Endpoint[],
+  context?: BalancerContext,
+): Picker;
+export function consistentHash(
+  first: readonly Endpoint[] | ConsistentHashOptions,
   _context?: BalancerContext,
-  options: ConsistentHashOptions = {},
-): Picker {
-  const replicas = options.replicas ??
-    Math.max(10, Math.min(100, Math.ceil(100_000 / Math.max(1, endpoints.length))));
-  if (!Number.isInteger(replicas) || replicas < 1 || replicas > 10_000) {
-    throw new RangeError(`options.replicas must be an integer from 1 to 10000, got ${replicas}`);
+): Picker | Balancer {
+  if (isEndpointList("consistentHash", first, FIELDS)) return picker(first, DEFAULTS);
+  const settings = settingsOf(first);
+  return (endpoints: readonly Endpoint[]) =>
+    picker(checkEndpoints("consistentHash", endpoints), settings);
+}
+
+/** The fields of {@linkcode ConsistentHashOptions}. */
+const FIELDS = ["header", "key", "replicas"] as const;
+
+/** Checked options: how to find a call's key, and `replicas` when given. */
+interface Settings {
+  readonly keyOf: (info: PickInfo) => string | undefined;
+  readonly replicas: number | undefined;
+}
+
+function checkReplicas(replicas: unknown): void {
+  if (!Number.isInteger(replicas) || (replicas as number) < 1 || (replicas as number) > 10_000) {
+    throw new RangeError(
+      `consistentHash: options.replicas must be an integer from 1 to 10000, got ${show(replicas)}`,
+    );
   }
+}
+
+function settingsOf(options: ConsistentHashOptions): Settings {
+  checkFields("consistentHash", options, FIELDS);
+  const { header = "x-hash-key", key, replicas } = options;
+  if (typeof header !== "string" || header === "") {
+    throw new TypeError(
+      `consistentHash: options.header must be a non-empty string, got ${show(header)}`,
+    );
+  }
+  checkFunction("consistentHash", "key", key);
+  if (replicas !== undefined) checkReplicas(replicas);
+  const name = header.toLowerCase();
+  return { keyOf: key ?? ((info: PickInfo) => info.header(name)), replicas };
+}
+
+/** The default options: one key function shared by every picker they build. */
+const DEFAULTS: Settings = settingsOf({});
+
+/** A consistent-hashing picker over `endpoints` (see {@linkcode consistentHash}). */
+function picker(endpoints: readonly Endpoint[], settings: Settings): Picker {
+  const replicas = settings.replicas ??
+    Math.max(10, Math.min(100, Math.ceil(100_000 / Math.max(1, endpoints.length))));
   if (endpoints.length * replicas >= MAX_POINTS) {
     throw new RangeError(
       `consistentHash supports up to ${
@@ -130,8 +206,7 @@ export function consistentHash(
       } ring points; ${endpoints.length} endpoints × ${replicas} replicas is more`,
     );
   }
-  const header = (options.header ?? "x-hash-key").toLowerCase();
-  const keyOf = options.key ?? ((info: PickInfo) => info.header(header));
+  const keyOf = settings.keyOf;
   const items = endpoints.slice();
   const n = items.length;
   if (n === 0) return () => undefined;

@@ -5,6 +5,7 @@
  */
 import type { Endpoint } from "../endpoint.ts";
 import type { BalancerContext, Picker } from "./balancer.ts";
+import { show } from "./_arguments.ts";
 
 const GOLDEN = 0.6180339887498949;
 /** Periods up to this many picks are recorded and replayed (8 MiB of references). */
@@ -45,11 +46,20 @@ function weightOf(endpoint: Endpoint): number | undefined {
  * @param endpoints the endpoints, with optional `metadata.weight`
  * @param context where invalid weights are reported
  * @returns the picker
+ * @throws {TypeError} when `endpoints` is not an array (weightedRoundRobin takes
+ *   no options: it is a {@linkcode Balancer} as it is)
  */
 export function weightedRoundRobin(
   endpoints: readonly Endpoint[],
   context?: BalancerContext,
 ): Picker {
+  if (!Array.isArray(endpoints)) {
+    throw new TypeError(
+      `weightedRoundRobin: endpoints must be an array (it takes no options; weights come from metadata.weight), got ${
+        show(endpoints)
+      }`,
+    );
+  }
   const n = endpoints.length;
   if (n === 0) return () => undefined;
   const items = endpoints.slice();
