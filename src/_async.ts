@@ -23,6 +23,8 @@ export abstract class Inbox<T> implements AsyncIterable<T> {
   protected abstract takeItem(): T;
   /** Keeps a value that no `next()` call is waiting for. */
   protected abstract store(item: T): void;
+  /** Called when a value went straight to a waiting `next()` call. */
+  protected delivered(_item: T): void {}
 
   /** Whether the stream has ended. */
   get done(): boolean {
@@ -33,8 +35,12 @@ export abstract class Inbox<T> implements AsyncIterable<T> {
   push(item: T): void {
     if (this.#done) return;
     const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve({ value: item, done: false });
-    else this.store(item);
+    if (waiter) {
+      this.delivered(item);
+      waiter.resolve({ value: item, done: false });
+    } else {
+      this.store(item);
+    }
   }
 
   /** Ends the stream after the values already in it. */

@@ -268,6 +268,8 @@ class RegistrationImpl implements Registration {
     const signal = this.#controller.signal;
     let attempt = 0;
     while (!signal.aborted) {
+      /** When the watch first answered: one that stayed up long enough counts as progress. */
+      let opened: number | undefined;
       try {
         const batches = this.#client.watch(this.key, {
           startRevision: this.#revision + 1,
@@ -276,10 +278,10 @@ class RegistrationImpl implements Registration {
           // A key watch on a frozen member would miss a delete: notice within one TTL.
           heartbeat: (this.#ttl * 1000) / 3,
         });
-        const opened = Date.now();
         for await (const batch of batches) {
+          opened ??= Date.now();
           // Progress (events, or a watch that stayed up) resets the backoff; "created" does not.
-          if (batch.events.length > 0 || Date.now() - opened >= STEADY_MS) attempt = 0;
+          if (batch.events.length > 0) attempt = 0;
           for (const event of batch.events) {
             if (event.type === "delete") {
               this.#revision = Math.max(this.#revision, event.modRevision);
@@ -311,6 +313,7 @@ class RegistrationImpl implements Registration {
         }
         if (signal.aborted || this.#stopIfClosed(error)) break;
         this.#report(asError(error));
+        if (opened !== undefined && Date.now() - opened >= STEADY_MS) attempt = 0;
         await sleep(backoff(attempt++, BACKOFF), signal);
       }
     }

@@ -108,6 +108,8 @@ class SharedWatch {
     let relist = true;
     let attempt = 0;
     while (!signal.aborted) {
+      /** When the watch first answered: one that stayed up long enough counts as progress. */
+      let opened: number | undefined;
       try {
         if (relist) {
           const result = await abortable(this.#client.getPrefix(this.#prefix), signal);
@@ -129,10 +131,10 @@ class SharedWatch {
           signal,
           heartbeat: HEARTBEAT_MS,
         });
-        const opened = Date.now();
         for await (const batch of batches) {
+          opened ??= Date.now();
           // Progress (events, or a watch that stayed up) resets the backoff; "created" does not.
-          if (batch.events.length > 0 || Date.now() - opened >= STEADY_MS) attempt = 0;
+          if (batch.events.length > 0) attempt = 0;
           const updates: Update[] = [];
           for (const event of batch.events) {
             if (event.type === "put") {
@@ -165,6 +167,7 @@ class SharedWatch {
         }
         if (error instanceof CompactedError) relist = true;
         this.#report(asError(error));
+        if (opened !== undefined && Date.now() - opened >= STEADY_MS) attempt = 0;
         await sleep(backoff(attempt++, BACKOFF), signal);
       }
     }
@@ -197,20 +200,29 @@ function unshare(client: EtcdClient, service: string, watch: SharedWatch): void 
  * What one resolver has not read yet. A reader that keeps up gets one batch per
  * etcd change set. For one that falls behind, the batches waiting are merged per
  * key (the latest add or delete wins): it holds at most one entry per key, and
- * still folds to etcd's current state when it reads.
+ * still folds to etcd's current state when it reads. Until the reader has its
+ * first batch (the snapshot, all adds), a delete merged into it drops the key,
+ * so that the first batch stays the current set as adds.
  */
 class PendingUpdates extends Inbox<Update[]> {
   #batch: Update[] | undefined;
   #merged: Map<string, Update> | undefined;
+  /** Whether the reader has had its first batch. */
+  #started = false;
 
   protected hasItem(): boolean {
     return this.#batch !== undefined || this.#merged !== undefined;
   }
 
   protected takeItem(): Update[] {
+    this.#started = true;
     const batch = this.#merged ? [...this.#merged.values()] : this.#batch!;
     this.#batch = this.#merged = undefined;
     return batch;
+  }
+
+  protected override delivered(): void {
+    this.#started = true;
   }
 
   protected store(batch: Update[]): void {
@@ -223,7 +235,10 @@ class PendingUpdates extends Inbox<Update[]> {
       for (const update of this.#batch!) this.#merged.set(update.key, update);
       this.#batch = undefined;
     }
-    for (const update of batch) this.#merged.set(update.key, update);
+    for (const update of batch) {
+      if (update.op === "delete" && !this.#started) this.#merged.delete(update.key);
+      else this.#merged.set(update.key, update);
+    }
   }
 }
 
@@ -236,6 +251,8 @@ class ResolutionImpl implements Resolution {
   #watch: SharedWatch | undefined;
   #subscriber: Subscriber | undefined;
   #released: Promise<void> | undefined;
+  /** The last `next()` or `return()` called, settled or not (see `#inOrder`). */
+  #tail: Promise<void> = Promise.resolve();
   readonly #onAbort = () => void this.#release();
 
   constructor(client: EtcdClient, service: string, options: ResolveOptions) {
@@ -276,7 +293,22 @@ class ResolutionImpl implements Resolution {
     return this.#released;
   }
 
-  async next(): Promise<IteratorResult<Update[], undefined>> {
+  /**
+   * Settles after every `next()` and `return()` called before it, so that calls
+   * settle in call order (a pending `next()` settles `done` before a later
+   * `return()` does).
+   */
+  #inOrder<T>(call: Promise<T>): Promise<T> {
+    const settled = this.#tail.then(() => call);
+    this.#tail = settled.then(() => {}, () => {});
+    return settled;
+  }
+
+  next(): Promise<IteratorResult<Update[], undefined>> {
+    return this.#inOrder(this.#next());
+  }
+
+  async #next(): Promise<IteratorResult<Update[], undefined>> {
     if (this.#released) {
       await this.#released;
       return { value: undefined, done: true };
@@ -289,9 +321,9 @@ class ResolutionImpl implements Resolution {
     return result;
   }
 
-  async return(): Promise<IteratorResult<Update[], undefined>> {
-    await this.#release();
-    return { value: undefined, done: true };
+  return(): Promise<IteratorResult<Update[], undefined>> {
+    // Release at once (a pending next() then ends), settle after the calls before.
+    return this.#inOrder(this.#release().then(() => ({ value: undefined, done: true })));
   }
 
   [Symbol.asyncIterator](): Resolution {

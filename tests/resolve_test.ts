@@ -6,6 +6,7 @@ import {
   encodeEndpoint,
   type Endpoint,
   EndpointDecodeError,
+  register,
   resolve,
   type Update,
 } from "../mod.ts";
@@ -276,4 +277,54 @@ Deno.test("resolve() backs off a watch that opens and breaks at once, instead of
   await next(it);
   await clock.tick(60_000);
   assert.ok(opens > 10 && opens < 100, `${opens} watch opens in 60 s`);
+});
+
+Deno.test("a resolver that reads late gets the current set as adds in its first batch", async () => {
+  await using client = memoryClient();
+  const a = await register(client, "svc/x", { addr: "10.0.0.1:1" });
+  await using _b = await register(client, "svc/x", { addr: "10.0.0.2:1" });
+  await using late = resolve(client, "svc/x");
+  await using fast = resolve(client, "svc/x"); // keeps the shared watch loaded and running
+  await next(fast);
+  await a.close(); // deletes a key of the late reader's unread snapshot
+  await next(fast);
+  assert.deepEqual(await next(late), [
+    { op: "add", key: "svc/x/10.0.0.2:1", endpoint: { addr: "10.0.0.2:1" } },
+  ]);
+});
+
+Deno.test("resolve() settles next(), return() and next() in call order", async () => {
+  await using client = memoryClient();
+  const it = resolve(client, "svc/a");
+  await next(it);
+  const order: number[] = [];
+  const first = it.next().then(() => order.push(1));
+  const ended = it.return().then(() => order.push(2));
+  const after = it.next().then(() => order.push(3));
+  await Promise.all([first, ended, after]);
+  assert.deepEqual(order, [1, 2, 3]);
+});
+
+Deno.test("resolve() resets its backoff after a watch that stayed up, even a quiet one", async () => {
+  using clock = fakeTime();
+  const random = Math.random;
+  Math.random = () => 0.99; // each backoff at 99 % of its ceiling
+  try {
+    await using client = memoryClient();
+    await using it = resolve(client, "svc/z", { onError: () => {} });
+    await next(it);
+    client.disconnect(); // an outage: attempts pile up to the cap
+    await clock.tick(30_000);
+    client.reconnect();
+    await clock.tick(4_000);
+    assert.equal(client.server.stats().watches, 1, "watching again after the outage");
+    await clock.tick(60_000); // a minute of healthy, quiet watch (memoryClient sends no progress)
+    client.disconnect();
+    client.reconnect(); // a blip
+    const start = clock.now;
+    while (client.server.stats().watches === 0) await clock.tick(10);
+    assert.ok(clock.now - start < 200, `watching again ${clock.now - start} ms after the blip`);
+  } finally {
+    Math.random = random;
+  }
 });
