@@ -108,23 +108,30 @@ Deno.test("explainText(): each runtime's wording of each failure, and what the c
       /rejected the client certificate or closed the TLS connection \(expired, or not signed by a CA etcd trusts\)$/,
     ],
     // With auth: etcd3's authenticate call fails first, and grpc-js keeps no reason.
+    // etcd3's authenticate call: grpc-js keeps no reason, and etcd may just be down.
     [
       "auth, no client cert",
       "14 UNAVAILABLE: No connection established. Last error: null",
       tlsOnly,
-      /may require a client certificate \(tls\.cert and tls\.key were not given\), or its certificate is not signed by the CA in tls\.ca/,
+      /^etcd could not be reached over TLS: it is down or refuses connections, or etcd requires a client certificate \(tls\.cert and tls\.key were not given\), or etcd's certificate is not signed by the CA in tls\.ca$/,
+    ],
+    [
+      "auth, system CAs",
+      "14 UNAVAILABLE: No connection established. Last error: null",
+      systemCa,
+      /^etcd could not be reached over TLS: it is down or refuses connections, or etcd requires a client certificate \(tls\.cert and tls\.key were not given\)$/,
     ],
     [
       "auth, client cert told why",
       "14 UNAVAILABLE: No connection established. Last error: null",
       expired,
-      /rejected the client certificate: the one in tls\.cert \(CN=x\) expired/,
+      /the client certificate is a likely cause: the one in tls\.cert \(CN=x\) expired/,
     ],
     [
       "auth, client cert, cannot tell",
       "14 UNAVAILABLE: No connection established. Last error: null",
       withCert,
-      /or etcd's certificate is not signed by the CA in tls\.ca\)$/,
+      /or the client certificate was rejected \(expired, or not signed by a CA etcd trusts\), or etcd's certificate is not signed by the CA in tls\.ca$/,
     ],
     // Nothing to explain.
     [

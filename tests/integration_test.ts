@@ -352,6 +352,16 @@ Deno.test("connect() names bad options", () => {
     /options.hosts must be all https:\/\/ or all http:\/\//,
   );
   assert.throws(
+    () => connect({ hosts: ["127.0.0.1:1", "https://127.0.0.1:2"] }),
+    /options.hosts must be all https:\/\/ or all http:\/\//,
+  );
+  assert.throws(
+    () => connect({ hosts: "http://127.0.0.1:1", tls: {} }),
+    /options.tls needs https:\/\/ hosts/,
+  );
+  // host:port without a scheme takes TLS from options.tls.
+  void connect({ hosts: ["127.0.0.1:1", "127.0.0.1:2"], tls: {} }).close();
+  assert.throws(
     () => connect({ hosts: "127.0.0.1:1", dialTimeout: 0 }),
     /options.dialTimeout must be a positive number of ms up to 2147483647, got 0/,
   );

@@ -11,7 +11,7 @@ import { milliseconds } from "../_options.ts";
 import type { EtcdClient } from "./client.ts";
 import { Etcd3Client } from "./etcd3_client.ts";
 import { configuredHosts, Etcd3Pool } from "./etcd3_internals.ts";
-import { checkAuth, checkHosts } from "./options.ts";
+import { checkAuth, checkHosts, originOf } from "./options.ts";
 import { EtcdTlsCredentials } from "./tls.ts";
 import { checkTlsMaterial, clientCertProblem, type Pem, pem } from "./tls_material.ts";
 
@@ -85,7 +85,7 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       `options must be { hosts, … } or an Etcd3 instance from npm:etcd3, got ${String(options)}`,
     );
   }
-  const { hosts: urls, secure: https } = checkHosts(options.hosts);
+  const { hosts: urls, https } = checkHosts(options.hosts);
   const hosts = urls.map((host) => host.name);
   const dialTimeout = milliseconds(options.dialTimeout, "dialTimeout", 5000);
   const auth = checkAuth(options.auth);
@@ -95,7 +95,7 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       `options.tls.cert and options.tls.key go together, got only ${tls.cert ? "cert" : "key"}`,
     );
   }
-  if (tls !== undefined && !https) {
+  if (tls !== undefined && urls.some((host) => host.scheme === "http")) {
     throw new TypeError(
       `options.tls needs https:// hosts, got ${JSON.stringify(hosts)}`,
     );
@@ -110,7 +110,7 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
     credentials = new EtcdTlsCredentials(ca, key, cert);
   }
   const etcd = new Etcd3({
-    hosts: urls.map((host) => host.origin),
+    hosts: urls.map((host) => originOf(host, secure)),
     auth,
     dialTimeout,
     defaultCallOptions: (context) => context.isStream ? {} : { deadline: Date.now() + dialTimeout },

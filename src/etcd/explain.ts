@@ -65,16 +65,29 @@ export function explainText(text: string, tls: TlsMode): string | undefined {
     return "etcd closed the connection before the TLS handshake completed; " +
       "if it serves plain text, give http:// hosts";
   }
-  const unexplained = /No connection established\. Last error: null/.test(text);
-  if (!aborted && !unexplained) return undefined;
+  if (/No connection established\. Last error: null/.test(text)) {
+    // grpc-js kept no reason (etcd3's authenticate call): etcd may be down as well.
+    const problem = tls.clientCert?.();
+    if (problem) {
+      return `etcd could not be reached over TLS; the client certificate is a likely cause: ${problem}`;
+    }
+    const suspects = [
+      tls.clientCert
+        ? "the client certificate was rejected (expired, or not signed by a CA etcd trusts)"
+        : "etcd requires a client certificate (tls.cert and tls.key were not given)",
+      tls.ca ? "etcd's certificate is not signed by the CA in tls.ca" : undefined,
+    ].filter((suspect) => suspect !== undefined);
+    return `etcd could not be reached over TLS: it is down or refuses connections, or ${
+      suspects.join(", or ")
+    }`;
+  }
+  if (!aborted) return undefined;
   if (!tls.clientCert) {
     return "etcd closed the TLS connection; it may require a client certificate " +
-      "(tls.cert and tls.key were not given)" +
-      (unexplained ? ", or its certificate is not signed by the CA in tls.ca" : "");
+      "(tls.cert and tls.key were not given)";
   }
   const problem = tls.clientCert();
   if (problem) return `etcd rejected the client certificate: ${problem}`;
   return "etcd rejected the client certificate or closed the TLS connection " +
-    "(expired, or not signed by a CA etcd trusts" +
-    (unexplained ? "; or etcd's certificate is not signed by the CA in tls.ca)" : ")");
+    "(expired, or not signed by a CA etcd trusts)";
 }

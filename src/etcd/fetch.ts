@@ -33,7 +33,7 @@ import {
   toBase64,
   type Verdict,
 } from "./gateway.ts";
-import { checkAuth, checkHosts } from "./options.ts";
+import { checkAuth, checkHosts, originOf } from "./options.ts";
 import { milliseconds } from "../_options.ts";
 
 /**
@@ -888,7 +888,12 @@ export function connectFetch(options: ConnectFetchOptions): EtcdClient {
   if (typeof options !== "object" || options === null) {
     throw new TypeError(`options must be { hosts, … }, got ${String(options)}`);
   }
-  const hosts = checkHosts(options.hosts).hosts.map((host): Host => ({ ...host, avoidUntil: 0 }));
+  const hosts = checkHosts(options.hosts).hosts.map((host): Host => ({
+    name: host.name,
+    // `host:port` means plain HTTP here: TLS comes only with https:// (and the fetch given).
+    origin: originOf(host, false),
+    avoidUntil: 0,
+  }));
   const dialTimeout = milliseconds(options.dialTimeout, "dialTimeout", 5000);
   const auth = checkAuth(options.auth);
   const given = options.fetch;

@@ -5,23 +5,30 @@
  * @module
  */
 
-/** An etcd host as given, and as a URL with an explicit port. */
+/** An etcd host as given, parsed. */
 export interface HostUrl {
   /** As the user gave it, for messages. */
   readonly name: string;
-  /** `http(s)://host:port`, the port explicit (80 or 443 when not given). */
-  readonly origin: string;
+  /** The scheme given, if any (`host:port` has none). */
+  readonly scheme: "http" | "https" | undefined;
+  /** `host:port`, the port explicit (80 or 443 by the scheme when not given). */
+  readonly hostPort: string;
+}
+
+/** `http(s)://host:port` of a host: its own scheme, else `https` when `secure`. */
+export function originOf(host: HostUrl, secure: boolean): string {
+  return `${host.scheme ?? (secure ? "https" : "http")}://${host.hostPort}`;
 }
 
 const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$/;
 
-function parseHost(entry: unknown): HostUrl & { secure: boolean } | undefined {
+function parseHost(entry: unknown): HostUrl | undefined {
   if (typeof entry !== "string" || entry === "" || entry.trim() !== entry) return undefined;
-  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(entry);
-  if (!scheme && !HOST_PORT.test(entry)) return undefined;
+  const given = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(entry);
+  if (!given && !HOST_PORT.test(entry)) return undefined;
   let url: URL;
   try {
-    url = new URL(scheme ? entry : `http://${entry}`);
+    url = new URL(given ? entry : `http://${entry}`);
   } catch {
     return undefined;
   }
@@ -32,18 +39,19 @@ function parseHost(entry: unknown): HostUrl & { secure: boolean } | undefined {
   ) {
     return undefined;
   }
-  const secure = url.protocol === "https:";
-  const port = url.port || (secure ? "443" : "80");
-  return { name: entry, origin: `${url.protocol}//${url.hostname}:${port}`, secure };
+  const scheme = url.protocol === "https:" ? "https" : "http";
+  // new URL() drops a port that is the scheme's default: put it back, explicitly.
+  const port = url.port || HOST_PORT.exec(entry)?.[2] || (scheme === "https" ? "443" : "80");
+  return { name: entry, scheme: given ? scheme : undefined, hostPort: `${url.hostname}:${port}` };
 }
 
 /**
  * `options.hosts` checked: a non-empty string or array of `host:port` or
- * `http(s)://host[:port]`, all of one scheme.
+ * `http(s)://host[:port]`, not mixing `https://` with `http://` or `host:port`.
  *
  * @throws {TypeError} naming the option and the bad value
  */
-export function checkHosts(hosts: unknown): { hosts: HostUrl[]; secure: boolean } {
+export function checkHosts(hosts: unknown): { hosts: HostUrl[]; https: boolean } {
   const list = typeof hosts === "string" ? [hosts] : hosts;
   if (!Array.isArray(list) || list.length === 0) {
     throw new TypeError(
@@ -63,13 +71,13 @@ export function checkHosts(hosts: unknown): { hosts: HostUrl[]; secure: boolean 
     }
     return host;
   });
-  const secure = parsed[0]!.secure;
-  if (parsed.some((host) => host.secure !== secure)) {
+  const https = parsed.filter((host) => host.scheme === "https").length;
+  if (https > 0 && https < parsed.length) {
     throw new TypeError(
       `options.hosts must be all https:// or all http://, got ${JSON.stringify(list)}`,
     );
   }
-  return { hosts: parsed.map(({ name, origin }) => ({ name, origin })), secure };
+  return { hosts: parsed, https: https > 0 };
 }
 
 /** User name and password for etcd's auth. */
