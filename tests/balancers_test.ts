@@ -339,3 +339,19 @@ Deno.test("every balancer returns undefined for no endpoints and copies its inpu
     assert.ok(pick(call("k")) !== undefined, balancer.name);
   }
 });
+
+Deno.test("balancers refuse options given after the context (a form JavaScript callers may still use)", () => {
+  const endpoints = [{ addr: "a:1" }, { addr: "b:1" }];
+  const call = (f: unknown) => (f as (...args: unknown[]) => unknown)(endpoints, undefined, {});
+  for (
+    const [name, balancer] of [["consistentHash", consistentHash], ["random", random], [
+      "p2c",
+      p2c,
+    ]] as const
+  ) {
+    assert.throws(
+      () => call(balancer),
+      new RegExp(`${name}: options go first now - ${name}\\(options\\) makes a balancer`),
+    );
+  }
+});

@@ -12,6 +12,7 @@ import {
   consistentHash,
   type Endpoint,
   type EtcdClient,
+  PermissionDeniedError,
   register,
   roundRobin,
   weightedRoundRobin,
@@ -28,6 +29,7 @@ import {
 } from "../examples/greeter.ts";
 import { freePort, startEtcd } from "./etcd_server.ts";
 import { untilAllAnswer } from "./load.ts";
+import { withOverrides } from "./overrides.ts";
 import { sleep, until } from "./wait.ts";
 
 const SERVICE = "svc/dialed";
@@ -591,6 +593,83 @@ Deno.test("dial: picker rebuilds are coalesced while many instances change state
     );
     // One build per state change would be at least 2 per instance (CONNECTING, then failed).
     assert.ok(builds < count, `${builds} picker builds for ${count} instances`);
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("dial: a picker that returns a copy of an instance that is not ready fails the call at once", async () => {
+  await using etcd = memoryClient();
+  const a = await startLoneGreeter("a");
+  const b = await startLoneGreeter("b");
+  await using _ra = await register(etcd, SERVICE, { addr: a.addr });
+  await using _rb = await register(etcd, SERVICE, { addr: b.addr });
+  const reports: string[] = [];
+  let builds = 0;
+  // A buggy balancer: always a copy of a's endpoint, whatever it was given.
+  const greeter = dial(etcd, SERVICE, Greeter, {
+    onError: (error) => reports.push(error.message),
+    balancer: (endpoints) => {
+      builds++;
+      return () => endpoints.length > 0 ? { addr: a.addr } : undefined;
+    },
+  });
+  try {
+    assert.equal((await sayHello(greeter, { name: "x" }, { waitForReady: true })).instance, "a");
+    const before = builds;
+    a.close(); // a stays registered but cannot be reached; b is ready
+    await until("a picker built without a", 10_000, () => builds > before);
+    const failed = await sayHello(greeter, { name: "x" }, { deadline: Date.now() + 60_000 }).catch((
+      error: grpc.ServiceError,
+    ) => error);
+    assert.equal((failed as grpc.ServiceError).code, grpc.status.INTERNAL);
+    assert.ok(reports.some((m) => m.includes(`not one of the ready instances`)), String(reports));
+  } finally {
+    greeter.close();
+    b.close();
+  }
+});
+
+Deno.test("dial: a balancer that throws fails calls with its reason instead of crashing", async () => {
+  await using etcd = memoryClient();
+  await using _a = await startGreeter(etcd, SERVICE, "a", { drainMs: 0 });
+  const reports: string[] = [];
+  const greeter = dial(etcd, SERVICE, Greeter, {
+    onError: (error) => reports.push(error.message),
+    balancer: (endpoints) => {
+      if (endpoints.length > 0) throw new RangeError("too many ring points");
+      return () => undefined;
+    },
+  });
+  try {
+    const failed = await sayHello(greeter, { name: "x" }, {
+      waitForReady: true,
+      deadline: Date.now() + 60_000,
+    }).catch((error: grpc.ServiceError) => error);
+    assert.equal((failed as grpc.ServiceError).code, grpc.status.INTERNAL);
+    assert.match(
+      (failed as grpc.ServiceError).details,
+      /the balancer could not build a picker over 1 ready instances: too many ring points/,
+    );
+    assert.ok(reports.some((m) => m.includes("too many ring points")));
+  } finally {
+    greeter.close();
+  }
+});
+
+Deno.test("dial: before any resolution, a fail-fast call says whether etcd refused or did not answer", async () => {
+  await using etcd = memoryClient();
+  const refusing = withOverrides(etcd, {
+    getPrefix: () =>
+      Promise.reject(new PermissionDeniedError('reading the prefix "svc/e/"', "bob")),
+  });
+  const greeter = dial(refusing, "svc/e", Greeter, { onError: () => {} });
+  try {
+    const failed = await new Promise<grpc.ServiceError | null>((resolve) =>
+      greeter.SayHello({ name: "x" }, (error) => resolve(error))
+    );
+    assert.equal(failed?.code, grpc.status.UNAVAILABLE);
+    assert.match(failed!.details, /cannot resolve "svc\/e": etcd at memory refused: etcd denied/);
   } finally {
     greeter.close();
   }

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProto } from "grpc-health-check";
-import { type Balancer, connect, p2c, resolve, roundRobin } from "../mod.ts";
+import { type Balancer, connect, p2c, register, resolve, roundRobin } from "../mod.ts";
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
 import { passedOnStatus } from "../src/grpc/status.ts";
@@ -468,4 +468,33 @@ Deno.test("grpc: a call cut off by a broken pipe is passed on as UNAVAILABLE, ot
   ) {
     assert.equal(passedOnStatus(kept), kept);
   }
+});
+
+Deno.test("grpc: the etcd:/// resolver restarted after idle forgets an instance that left while it was idle", async () => {
+  await using etcd = memoryClient();
+  using _bound = registerEtcdResolver(etcd, { scheme: "idle-test" });
+  const a = await register(etcd, "svc/r", { addr: "10.0.0.1:1" });
+  await using _b = await register(etcd, "svc/r", { addr: "10.0.0.2:1" });
+  let published: string[] = [];
+  let updates = 0;
+  const listener = (result: { value?: { addresses: { host: string; port: number }[] }[] }) => {
+    updates++;
+    published = (result.value ?? []).map((e) => `${e.addresses[0]!.host}:${e.addresses[0]!.port}`)
+      .sort();
+    return true;
+  };
+  const resolver = grpc.experimental.createResolver(
+    { scheme: "idle-test", path: "/svc/r" },
+    listener as unknown as Parameters<typeof grpc.experimental.createResolver>[1],
+    {},
+  );
+  resolver.updateResolution();
+  await until("both published", 5000, () => published.length === 2);
+  resolver.destroy(); // as grpc-js does after grpc.client_idle_timeout_ms
+  await a.close(); // 10.0.0.1 leaves while the resolver is idle
+  const before = updates;
+  resolver.updateResolution(); // the channel leaves idle
+  await until("published again", 5000, () => updates > before);
+  resolver.destroy();
+  assert.deepEqual(published, ["10.0.0.2:1"]);
 });

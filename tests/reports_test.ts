@@ -32,3 +32,20 @@ Deno.test("Reports survives a throwing handler", () => {
   });
   reports.report(new Error("a"));
 });
+
+Deno.test("Reports keeps time by a monotonic clock: a wall clock set back mutes nothing", async () => {
+  const now = Date.now;
+  let offset = 0;
+  Date.now = () => now() + offset;
+  try {
+    const seen: string[] = [];
+    const reports = new Reports((error) => seen.push(error.message), 50);
+    reports.report(new Error("a"));
+    offset = -3_600_000; // the wall clock steps back an hour
+    await new Promise((resolve) => setTimeout(resolve, 60)); // the 50 ms window passes
+    reports.report(new Error("a"));
+    assert.deepEqual(seen, ["a", "a"]);
+  } finally {
+    Date.now = now;
+  }
+});

@@ -36,6 +36,20 @@ export function isEndpointList(
 }
 
 /**
+ * Refuses the older three-argument form `name(endpoints, context, options)`,
+ * which JavaScript callers could still use without a type error.
+ *
+ * @throws {TypeError} saying what replaces it
+ */
+export function noOptionsAfterContext(name: string, extra: readonly unknown[]): void {
+  if (extra.length === 0 || extra[0] === undefined) return;
+  throw new TypeError(
+    `${name}: options go first now - ${name}(options) makes a balancer to pass as dial()'s ` +
+      `balancer; ${name}(endpoints, context, options) is no longer taken`,
+  );
+}
+
+/**
  * Checks an options object's own fields: each must be one of `known`.
  *
  * @throws {TypeError} naming the first unknown field

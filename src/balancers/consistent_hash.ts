@@ -5,7 +5,14 @@
  */
 import type { Endpoint } from "../endpoint.ts";
 import type { Balancer, BalancerContext, Picker, PickInfo } from "./balancer.ts";
-import { checkEndpoints, checkFields, checkFunction, isEndpointList, show } from "./_arguments.ts";
+import {
+  checkEndpoints,
+  checkFields,
+  checkFunction,
+  isEndpointList,
+  noOptionsAfterContext,
+  show,
+} from "./_arguments.ts";
 
 /** Options of {@linkcode consistentHash}. */
 export interface ConsistentHashOptions {
@@ -154,7 +161,9 @@ export function consistentHash(
 export function consistentHash(
   first: readonly Endpoint[] | ConsistentHashOptions,
   _context?: BalancerContext,
+  ...extra: unknown[]
 ): Picker | Balancer {
+  noOptionsAfterContext("consistentHash", extra);
   if (isEndpointList("consistentHash", first, FIELDS)) return picker(first, DEFAULTS);
   const settings = settingsOf(first);
   return (endpoints: readonly Endpoint[]) =>

@@ -5,7 +5,13 @@
  */
 import type { Endpoint } from "../endpoint.ts";
 import type { Balancer, BalancerContext, Picker } from "./balancer.ts";
-import { checkEndpoints, checkFields, checkFunction, isEndpointList } from "./_arguments.ts";
+import {
+  checkEndpoints,
+  checkFields,
+  checkFunction,
+  isEndpointList,
+  noOptionsAfterContext,
+} from "./_arguments.ts";
 
 /** Options of {@linkcode random} and {@linkcode p2c}. */
 export interface RandomOptions {
@@ -78,7 +84,9 @@ export function random(endpoints: readonly Endpoint[], context?: BalancerContext
 export function random(
   first: readonly Endpoint[] | RandomOptions,
   _context?: BalancerContext,
+  ...extra: unknown[]
 ): Picker | Balancer {
+  noOptionsAfterContext("random", extra);
   if (isEndpointList("random", first, FIELDS)) return randomPicker(first, undefined);
   const source = sourceOf("random", first);
   return (endpoints: readonly Endpoint[]) =>
@@ -156,7 +164,9 @@ export function p2c(endpoints: readonly Endpoint[], context?: BalancerContext): 
 export function p2c(
   first: readonly Endpoint[] | RandomOptions,
   context?: BalancerContext,
+  ...extra: unknown[]
 ): Picker | Balancer {
+  noOptionsAfterContext("p2c", extra);
   if (isEndpointList("p2c", first, FIELDS)) return p2cPicker(first, context, undefined);
   const source = sourceOf("p2c", first);
   return (endpoints: readonly Endpoint[], context?: BalancerContext) =>

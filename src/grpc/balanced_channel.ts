@@ -9,7 +9,12 @@ import * as grpc from "@grpc/grpc-js";
 import { later, type Timer } from "../_async.ts";
 import type { Balancer, Picker } from "../balancers/balancer.ts";
 import { type Endpoint, EndpointDecodeError } from "../endpoint.ts";
-import type { EtcdClient } from "../etcd/client.ts";
+import {
+  AuthenticationError,
+  ClientClosedError,
+  type EtcdClient,
+  PermissionDeniedError,
+} from "../etcd/client.ts";
 import { type Resolution, resolve } from "../resolve.ts";
 import { explainFailure } from "./failure_probe.ts";
 import { HealthWatch } from "./health_watch.ts";
@@ -59,6 +64,8 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
   readonly #watchers = new Set<StateWatcher>();
   readonly #resolution: Resolution;
   #picker: Picker = () => undefined;
+  /** Why the balancer could not build a picker for the current instances, if it could not. */
+  #pickerError: Error | undefined;
   #ready = 0;
   #loaded = false;
   /** Why resolution failed, while it has never succeeded (gRPC: TRANSIENT_FAILURE then). */
@@ -212,13 +219,26 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
       if (instance.effectiveState() === READY) ready.push(instance);
     }
     this.#ready = ready.length;
-    this.#picker = this.#settings.balancer(ready.map((instance) => instance.endpoint), {
-      inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
-      // By position in `ready`: no lookup by object on the per-call path.
-      inflightAt: (index) => ready[index]?.inflight ?? 0,
-      // Each distinct problem once in a while, not once per rebuild.
-      report: (error) => this.#report(error),
-    });
+    try {
+      this.#picker = this.#settings.balancer(ready.map((instance) => instance.endpoint), {
+        inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
+        // By position in `ready`: no lookup by object on the per-call path.
+        inflightAt: (index) => ready[index]?.inflight ?? 0,
+        // Each distinct problem once in a while, not once per rebuild.
+        report: (error) => this.#report(error),
+      });
+      this.#pickerError = undefined;
+    } catch (thrown) {
+      // A balancer that throws (a bug, or options that do not fit this many instances) must
+      // not take the process down: calls fail with its reason until a later build succeeds.
+      const error = thrown instanceof Error ? thrown : new Error(String(thrown));
+      this.#picker = () => undefined;
+      this.#pickerError = new Error(
+        `the balancer could not build a picker over ${ready.length} ready instances: ${error.message}`,
+        { cause: error },
+      );
+      this.#report(this.#pickerError);
+    }
     this.#setState(this.#aggregate());
     for (const call of [...this.#queue]) this.pick(call);
   }
@@ -253,6 +273,11 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
       call.fail(grpc.status.UNAVAILABLE, "Channel closed");
       return;
     }
+    if (this.#pickerError && !this.#rebuildTimer) {
+      this.#queue.delete(call);
+      call.fail(grpc.status.INTERNAL, `grpc-etcd: ${this.#pickerError.message}`);
+      return;
+    }
     if (this.#ready > 0) {
       const endpoint = this.#picker(call.info);
       const instance = endpoint && this.#instanceOf(endpoint);
@@ -261,8 +286,9 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
         call.bind(instance);
         return;
       }
-      if (endpoint && !instance && !this.#rebuildTimer) {
-        // The picker is current, yet it returned an endpoint it was not given.
+      if (endpoint && !this.#rebuildTimer) {
+        // The picker is current (every change of an instance schedules a rebuild), yet it
+        // returned an endpoint that is not one of the ready instances it was given.
         const error = new Error(
           `the balancer returned an endpoint that is not one of the ready instances it was ` +
             `given (addr ${JSON.stringify(endpoint.addr)}): a picker must return one of them`,
@@ -276,20 +302,24 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
     // A rebuild to come may change the state: the call waits for it, then is picked again.
     if (this.#state === TRANSIENT_FAILURE && !call.waitForReady && !this.#rebuildTimer) {
       this.#queue.delete(call);
-      const resolverError = this.#resolverError;
-      call.fail(
-        grpc.status.UNAVAILABLE,
-        resolverError
-          ? `grpc-etcd: cannot resolve ${JSON.stringify(this.#service)}: etcd at ${
-            this.#hosts.join(", ")
-          } did not answer: ${resolverError.message}`
-          : `grpc-etcd: no ready instance of ${
-            JSON.stringify(this.#service)
-          } (${this.#instances.size} known)`,
-      );
+      call.fail(grpc.status.UNAVAILABLE, this.#unavailable());
       return;
     }
     this.#queue.add(call);
+  }
+
+  /** Why a call cannot be picked an instance now (the channel is in TRANSIENT_FAILURE). */
+  #unavailable(): string {
+    const service = JSON.stringify(this.#service);
+    const error = this.#resolverError;
+    if (!error) return `grpc-etcd: no ready instance of ${service} (${this.#instances.size} known)`;
+    const etcd = `etcd at ${this.#hosts.join(", ")}`;
+    const why = error instanceof ClientClosedError
+      ? "the etcd client is closed"
+      : error instanceof PermissionDeniedError || error instanceof AuthenticationError
+      ? `${etcd} refused`
+      : `${etcd} did not answer`;
+    return `grpc-etcd: cannot resolve ${service}: ${why}: ${error.message}`;
   }
 
   /**

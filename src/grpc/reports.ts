@@ -24,12 +24,12 @@ export class Reports {
   /**
    * @param onError where reports go; a throwing handler is ignored
    * @param windowMs how long a message stays muted
-   * @param now the clock
+   * @param now the clock: a monotonic one, so that a wall clock set back mutes nothing
    */
   constructor(
     onError: (error: Error) => void,
     windowMs: number = REPORT_WINDOW_MS,
-    now: () => number = Date.now,
+    now: () => number = () => performance.now(),
   ) {
     this.#onError = onError;
     this.#windowMs = windowMs;

@@ -103,7 +103,8 @@ class EtcdResolver implements grpc.experimental.Resolver {
     }
     this.#resolution = resolution;
     void (async () => {
-      let view: ReadonlyMap<string, Endpoint> = this.#view ?? new Map();
+      // A new resolution starts with the whole set: an instance that left meanwhile is gone.
+      let view: ReadonlyMap<string, Endpoint> = new Map();
       for await (const batch of resolution) {
         if (this.#resolution !== resolution) break;
         view = applyUpdates(view, batch);
