@@ -412,7 +412,7 @@ export function checkTimings(
  * @param options TTL, key, signal, first-registration timeout and handlers
  * @returns the registration, once the key is in etcd
  * @throws {TypeError} for an unusable service, endpoint or key
- * @throws {RangeError} for a TTL that is not an integer of at least 2, or a bad timeout
+ * @throws {RangeError} for a TTL that is not an integer from 2 to 6,442,450, or a bad timeout
  * @throws {Error} naming the etcd hosts when etcd does not answer within `timeout`, or at
  *   once when etcd rejects the credentials or denies the write (RBAC); the cause is then an
  *   {@linkcode AuthenticationError} or {@linkcode PermissionDeniedError}
