@@ -17,6 +17,13 @@ import { buildNpm, entryPoints, npmSpecifier, readDenoJson, ROOT } from "../scri
 
 const DIST = `${ROOT}dist`;
 const DOCS = `${ROOT}docs/runtimes.md`;
+const FETCH_DOCS = `${ROOT}docs/fetch.md`;
+
+/** The tour scripts: file name, the document holding it, and the code block's info string. */
+const TOURS = [
+  { file: "tour.mjs", doc: DOCS, info: "js ignore tour.mjs" },
+  { file: "tour-fetch.mjs", doc: FETCH_DOCS, info: "js ignore tour-fetch.mjs" },
+] as const;
 
 /** The binary and the arguments that run a scenario runner, and its working directory. */
 interface Command {
@@ -30,8 +37,8 @@ interface Runtime {
   readonly label: string;
   /** How to run a scenario; fails with the install command when the runtime is missing. */
   command(): Promise<Command>;
-  /** The tour script of docs/runtimes.md for this runtime. */
-  tour(): Promise<string>;
+  /** The path of a tour script ({@linkcode TOURS}) for this runtime. */
+  tour(file: string): Promise<string>;
 }
 
 /** The command that installs a runtime into `.tools/`, as `.ci/run` does. */
@@ -69,11 +76,11 @@ async function findBinary(
   return bin;
 }
 
-/** The code block of docs/runtimes.md whose info string is `info`. */
-async function docBlock(info: string): Promise<string> {
-  const text = await Deno.readTextFile(DOCS);
+/** The code block of `doc` (default docs/runtimes.md) whose info string is `info`. */
+async function docBlock(info: string, doc: string = DOCS): Promise<string> {
+  const text = await Deno.readTextFile(doc);
   const start = text.indexOf("```" + info + "\n");
-  assert.ok(start >= 0, `docs/runtimes.md has no \`\`\`${info} block`);
+  assert.ok(start >= 0, `${doc.slice(ROOT.length)} has no \`\`\`${info} block`);
   const body = start + info.length + 4;
   return text.slice(body, text.indexOf("\n```", body) + 1);
 }
@@ -162,7 +169,9 @@ function prepare(): Promise<Prepared> {
     );
     await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], project);
     await compileHarness(project);
-    await Deno.writeTextFile(`${project}/tour.mjs`, await docBlock("js ignore tour.mjs"));
+    for (const tour of TOURS) {
+      await Deno.writeTextFile(`${project}/${tour.file}`, await docBlock(tour.info, tour.doc));
+    }
     return { project, packed: pack.files.map((f) => f.path).sort(), tarball };
   })();
   return prepared;
@@ -176,11 +185,12 @@ const deno: Runtime = {
       args: ["run", ...DENO_RUN_FLAGS, `--config=${ROOT}deno.json`, "harness/conformance/main.ts"],
       cwd: ROOT,
     }),
-  async tour() {
+  async tour(file) {
     // In the repository, where "@seed/grpc-etcd" is the sources (deno.json).
+    const tour = TOURS.find((t) => t.file === file)!;
     await Deno.mkdir(`${DIST}/tour`, { recursive: true });
-    await Deno.writeTextFile(`${DIST}/tour/tour.mjs`, await docBlock("js ignore tour.mjs"));
-    return `${DIST}/tour/tour.mjs`;
+    await Deno.writeTextFile(`${DIST}/tour/${file}`, await docBlock(tour.info, tour.doc));
+    return `${DIST}/tour/${file}`;
   },
 };
 
@@ -192,8 +202,8 @@ function npmRuntime(label: string, find: () => Promise<string>): Runtime {
       const { project } = await prepare();
       return { bin, args: ["harness/conformance/main.js"], cwd: project };
     },
-    async tour() {
-      return `${(await prepare()).project}/tour.mjs`;
+    async tour(file) {
+      return `${(await prepare()).project}/${file}`;
     },
   };
 }
@@ -305,14 +315,19 @@ async function runScenario(
 async function matrix(t: Deno.TestContext, runtime: Runtime): Promise<void> {
   const command = await runtime.command();
   const expected = (await docBlock("text tour.mjs prints")).split("\n").filter((l) => l);
-  const scenarios: [string, () => Promise<string[]>][] = [
+  // Every scenario, then the "script" scenario once per tour script, each printing the tour's lines.
+  const scenarios: [string, string, () => Promise<string[]>][] = [
     ...Object.keys(SCENARIOS).filter((n) => n !== "script").map((
       n,
-    ): [string, () => Promise<string[]>] => [n, () => Promise.resolve([])]),
-    ["script", async () => [await runtime.tour(), ...expected]],
+    ): [string, string, () => Promise<string[]>] => [n, n, () => Promise.resolve([])]),
+    ...TOURS.map(({ file, doc }): [string, string, () => Promise<string[]>] => [
+      `script: ${file} of ${doc.slice(ROOT.length)}`,
+      "script",
+      async () => [await runtime.tour(file), ...expected],
+    ]),
   ];
-  for (const [name, args] of scenarios) {
-    await t.step(name === "script" ? "script: the tour of docs/runtimes.md" : name, async () => {
+  for (const [step, name, args] of scenarios) {
+    await t.step(step, async () => {
       const result = await runScenario(command, name, await args());
       if (!result.ok) throw new Error(`${result.runtime ?? runtime.label}: ${result.error}`);
       console.log(`${result.runtime} ${name} (${result.ms} ms): ${result.detail}`);

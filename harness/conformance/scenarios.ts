@@ -15,12 +15,14 @@ import {
   CompactedError,
   connect,
   type Endpoint,
+  type EtcdClient,
   register,
   type RegistrationState,
   resolve,
   roundRobin,
   type Update,
 } from "@seed/grpc-etcd";
+import { connectFetch } from "@seed/grpc-etcd/fetch";
 import { dial } from "@seed/grpc-etcd/grpc";
 import { readLines, spawnChild } from "../child.ts";
 import { EtcdHttp } from "../etcd_http.ts";
@@ -80,11 +82,14 @@ function closing<T extends grpc.Client>(client: T): T & Disposable {
   return Object.assign(client, { [Symbol.dispose]: () => client.close() });
 }
 
-/** The README tour: register, resolve into a view, pick round robin; close removes the key. */
-async function tour(): Promise<string> {
+/**
+ * The README tour: register, resolve into a view, pick round robin; close
+ * removes the key. Over the client `open` makes for etcd's endpoint.
+ */
+async function tour(open: (endpoint: string) => EtcdClient): Promise<string> {
   await using etcd = await startEtcd({ private: true });
   const http = new EtcdHttp(etcd.endpoint);
-  await using client = connect({ hosts: etcd.endpoint });
+  await using client = open(etcd.endpoint);
   await using a = await register(client, SERVICE, {
     addr: "10.0.0.1:50051",
     metadata: { zone: "eu-1" },
@@ -372,7 +377,8 @@ export const RESULT_PREFIX = "CONFORMANCE ";
 
 /** Every scenario by name, in the order the matrix runs them. */
 export const SCENARIOS: Readonly<Record<string, Scenario>> = {
-  "tour": tour,
+  "tour": () => tour((endpoint) => connect({ hosts: endpoint })),
+  "tour-fetch": () => tour((endpoint) => connectFetch({ hosts: endpoint })),
   "heal": heal,
   "etcd-restart": etcdRestart,
   "compaction": compaction,
