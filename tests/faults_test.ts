@@ -1,7 +1,10 @@
 /**
  * Fault injection on real etcd processes: members killed, frozen and
  * restarted, clients cut off, history compacted, garbage written. Each scenario
- * ends with the oracle: every resolver's view equals what etcd holds.
+ * ends with the oracle: every resolver's view equals what etcd holds. Each runs
+ * over `connect()` (npm:etcd3, gRPC) and over `connectFetch()` (etcd's JSON
+ * gateway over `fetch`): every etcd client of a scenario is made by the adapter
+ * it runs over.
  *
  * `deno task test` runs the short version; `FAULTS_FULL=1` (`deno task
  * test:faults`) the full durations. `FAULTS_SEED` fixes the random choices,
@@ -10,7 +13,7 @@
 import assert from "node:assert/strict";
 import {
   applyUpdates,
-  connect,
+  connect as connectGrpc,
   decodeEndpoint,
   type Endpoint,
   EndpointDecodeError,
@@ -22,6 +25,7 @@ import {
   type Update,
 } from "../mod.ts";
 import { dial } from "../grpc.ts";
+import { connectFetch } from "../fetch.ts";
 import { memoryClient } from "../testing.ts";
 import { Greeter, startGreeter } from "../examples/greeter.ts";
 import { EtcdCluster } from "./etcd_cluster.ts";
@@ -34,21 +38,57 @@ const FULL = Deno.env.get("FAULTS_FULL") === "1";
 const SEED = Number(Deno.env.get("FAULTS_SEED") ?? 1);
 const REPEAT = Number(Deno.env.get("FAULTS_REPEAT") ?? 1);
 
+/** How a scenario makes its etcd clients: the adapter under test. */
+type Connect = (options: { hosts: string | string[]; dialTimeout?: number }) => EtcdClient;
+
+/** The adapters every scenario runs over. */
+const ADAPTERS: readonly { readonly label: string; readonly connect: Connect }[] = [
+  { label: "connect()", connect: connectGrpc },
+  { label: "connectFetch()", connect: connectFetch },
+];
+
 /**
- * Registers a scenario FAULTS_REPEAT times (each run is a test of its own).
- * `fullOnly` scenarios run with FAULTS_FULL=1 and show as ignored otherwise.
+ * The adapter of the scenario running now: scenario bodies and their helpers
+ * make every etcd client with it. {@linkcode scenario} sets it for each run
+ * (Deno runs the tests of a file one at a time); outside a run it throws.
+ */
+let connect: Connect = () => {
+  throw new Error("faults_test: connect() called outside a scenario");
+};
+
+/**
+ * Registers a scenario once per adapter, FAULTS_REPEAT times each (each run is
+ * a test of its own), with {@linkcode connect} set to the adapter. Over
+ * `connect()` the test has the name given; over `connectFetch()` the name ends
+ * with "(over connectFetch())", so that e.g. `--filter "/faults 10.*over
+ * connectFetch/"` picks one. `fullOnly` scenarios run with FAULTS_FULL=1 and
+ * show as ignored otherwise; `fetchFullOnly` does that for the run over
+ * `connectFetch()` alone.
  */
 function scenario(
   name: string,
   fn: () => Promise<void>,
-  options: { fullOnly?: boolean } = {},
+  options: { fullOnly?: boolean; fetchFullOnly?: boolean } = {},
 ): void {
-  for (let run = 1; run <= REPEAT; run++) {
-    Deno.test({
-      name: REPEAT > 1 ? `${name} (run ${run} of ${REPEAT}, seed ${SEED})` : name,
-      ignore: options.fullOnly === true && !FULL,
-      fn,
-    });
+  for (const adapter of ADAPTERS) {
+    const overFetch = adapter.connect === connectFetch;
+    const fullOnly = options.fullOnly === true || (overFetch && options.fetchFullOnly === true);
+    const named = overFetch ? `${name} (over ${adapter.label})` : name;
+    for (let run = 1; run <= REPEAT; run++) {
+      Deno.test({
+        name: REPEAT > 1 ? `${named} (run ${run} of ${REPEAT}, seed ${SEED})` : named,
+        ignore: fullOnly && !FULL,
+        async fn() {
+          const outside = connect;
+          connect = adapter.connect;
+          try {
+            await fn();
+          } finally {
+            connect = outside;
+          }
+        },
+      });
+    }
   }
 }
 
@@ -431,6 +471,8 @@ scenario(
       await reader.close();
     }
   },
+  // Over connectFetch() in the full run only, to keep the default run short (see FAULTS.md).
+  { fetchFullOnly: true },
 );
 
 scenario(
@@ -789,6 +831,8 @@ scenario(
       await checker.close();
     }
   },
+  // Over connectFetch() in the full run only, to keep the default run short (see FAULTS.md).
+  { fetchFullOnly: true },
 );
 
 if (!FULL) scenario(TEN, tenCutOffs);
