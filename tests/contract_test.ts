@@ -330,8 +330,14 @@ const CASES: readonly [string, Case][] = [
       const before = await settled(h);
       const it = c.watch(p, { startRevision: 0 })[Symbol.asyncIterator]();
       await it.next();
+      let ended = false;
       const pending = it.next();
+      pending.then(() => (ended = true), () => (ended = true));
       await c.close();
+      // Ended by close() itself, not later by a timeout of the connection: settled by the time
+      // close() has resolved and the callbacks it set off have run (one turn of the event loop).
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      assert.ok(ended, "a watch read was still pending after close() resolved");
       await assert.rejects(pending, ClientClosedError);
       await until("the watch released", 5000, async () => await h.watchers() === before);
       const calls: [string, () => Promise<unknown>][] = [
