@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type Balancer, consistentHash, encodeEndpoint, roundRobin } from "../mod.ts";
 import { dial } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
-import { Greeter, sayHello } from "../examples/greeter.ts";
+import { Greeter, sayHello } from "../harness/greeter.ts";
 
 const INSTANCES = 10_000;
 const SERVICE = "bench/startup";

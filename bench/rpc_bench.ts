@@ -8,9 +8,9 @@
 import * as grpc from "@grpc/grpc-js";
 import { connect } from "../mod.ts";
 import { dial } from "../grpc.ts";
-import { Greeter, type GreeterClient, sayHello } from "../examples/greeter.ts";
+import { Greeter, type GreeterClient, sayHello } from "../harness/greeter.ts";
 import { startEtcd } from "../tests/etcd_server.ts";
-import { spawnGreeter } from "../tests/greeter_process.ts";
+import { spawnGreeter } from "../harness/greeter_process.ts";
 
 const server = await startEtcd();
 const servers = await Promise.all(

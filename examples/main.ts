@@ -17,8 +17,8 @@ import { connect, type EtcdClient, resolve } from "../mod.ts";
 import { dial } from "../grpc.ts";
 import { MemoryEtcd } from "../testing.ts";
 import { type EtcdServer, findEtcd, INSTALL_HINT, startEtcd } from "../tests/etcd_server.ts";
-import { type GreeterProcess, spawnGreeter } from "../tests/greeter_process.ts";
-import { Greeter, type Greeting, sayHello, startGreeter } from "./greeter.ts";
+import { type GreeterProcess, spawnGreeter } from "../harness/greeter_process.ts";
+import { Greeter, type Greeting, sayHello, startGreeter } from "../harness/greeter.ts";
 
 const SERVICE = "demo/greeter";
 const TTL = 2;

@@ -29,7 +29,7 @@ import {
   startImpostor,
   startSecureEtcd,
 } from "../tests/tls.ts";
-import { Greeter, type GreeterClient, sayHello, startGreeter } from "./greeter.ts";
+import { Greeter, type GreeterClient, sayHello, startGreeter } from "../harness/greeter.ts";
 
 const SERVICE = "payments.internal";
 

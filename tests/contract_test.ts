@@ -18,7 +18,7 @@ import {
 import { connectFetch } from "../fetch.ts";
 import { MemoryEtcd } from "../testing.ts";
 import { readMetric, startEtcd } from "./etcd_server.ts";
-import { until } from "./wait.ts";
+import { until } from "../harness/wait.ts";
 
 /** One implementation under test, on a store of its own. */
 interface Harness extends AsyncDisposable {

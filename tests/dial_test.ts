@@ -26,11 +26,11 @@ import {
   sayHello,
   startGreeter,
   startLoneGreeter,
-} from "../examples/greeter.ts";
+} from "../harness/greeter.ts";
 import { freePort, startEtcd } from "./etcd_server.ts";
-import { untilAllAnswer } from "./load.ts";
+import { untilAllAnswer } from "../harness/load.ts";
 import { withOverrides } from "./overrides.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 const SERVICE = "svc/dialed";
 

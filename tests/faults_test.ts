@@ -27,12 +27,12 @@ import {
 import { dial } from "../grpc.ts";
 import { connectFetch } from "../fetch.ts";
 import { memoryClient } from "../testing.ts";
-import { Greeter, startGreeter } from "../examples/greeter.ts";
+import { Greeter, startGreeter } from "../harness/greeter.ts";
 import { EtcdCluster } from "./etcd_cluster.ts";
-import { Load, untilAllAnswer } from "./load.ts";
+import { Load, untilAllAnswer } from "../harness/load.ts";
 import { readMetric, startEtcd } from "./etcd_server.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 const FULL = Deno.env.get("FAULTS_FULL") === "1";
 const SEED = Number(Deno.env.get("FAULTS_SEED") ?? 1);

@@ -40,7 +40,7 @@ import { freePort, readMetric, startEtcd } from "./etcd_server.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { grantService, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 const quiet = { onError: () => {} };

@@ -9,13 +9,13 @@ import { type Balancer, connect, p2c, register, resolve, roundRobin } from "../m
 import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
 import { passedOnStatus } from "../src/grpc/status.ts";
-import { Greeter, sayHello, startGreeter } from "../examples/greeter.ts";
+import { Greeter, sayHello, startGreeter } from "../harness/greeter.ts";
 import { startEtcd, waitForMetric } from "./etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
-import { type GreeterProcess, spawnGreeter } from "./greeter_process.ts";
-import { Load, untilAllAnswer } from "./load.ts";
-import { sleep, until } from "./wait.ts";
+import { type GreeterProcess, spawnGreeter } from "../harness/greeter_process.ts";
+import { Load, untilAllAnswer } from "../harness/load.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 const SERVICE = "svc/greeter";
 

@@ -20,7 +20,7 @@ import { freePort, startEtcd, waitForMetric } from "./etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { TcpProxy } from "./tcp_proxy.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 /** An etcd3 client of its own, to check etcd's state independently of our adapter. */
 function raw(endpoint: string): Etcd3 & AsyncDisposable {

@@ -13,7 +13,7 @@ import {
 import { memoryClient, MemoryEtcd, UnavailableError } from "../testing.ts";
 import { fakeTime } from "./fake_time.ts";
 import { withOverrides } from "./overrides.ts";
-import { until } from "./wait.ts";
+import { until } from "../harness/wait.ts";
 
 const value = (addr: string, metadata?: unknown) => encodeEndpoint({ addr, metadata });
 

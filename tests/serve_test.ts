@@ -8,9 +8,9 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { connect } from "../mod.ts";
 import { serve } from "../grpc.ts";
-import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
+import { Greeter, type GreeterClient, sayHello, startGreeter } from "../harness/greeter.ts";
 import { freePort, startEtcd } from "./etcd_server.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 const SERVICE = "svc/served";
 

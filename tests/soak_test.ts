@@ -18,7 +18,7 @@ import {
   resolve,
 } from "../mod.ts";
 import { startEtcd } from "./etcd_server.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 const FULL = Deno.env.get("FAULTS_FULL") === "1";
 const SECONDS = FULL ? 60 : 5;

@@ -6,7 +6,7 @@
  */
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { type LoneGreeter, startLoneGreeter } from "../examples/greeter.ts";
+import { type LoneGreeter, startLoneGreeter } from "../harness/greeter.ts";
 import { findEtcd, findExecutable, Member } from "./etcd_server.ts";
 
 /** A certificate and its key, as PEM text, and the paths of their files. */

@@ -20,7 +20,7 @@ import {
   type Update,
 } from "../mod.ts";
 import { dial, registerEtcdResolver } from "../grpc.ts";
-import { Greeter, type GreeterClient, sayHello, startGreeter } from "../examples/greeter.ts";
+import { Greeter, type GreeterClient, sayHello, startGreeter } from "../harness/greeter.ts";
 import {
   callerCredentials,
   enableAuth,
@@ -36,7 +36,7 @@ import { targetHost, uriPath } from "../src/etcd/tls.ts";
 import { clientCertProblem } from "../src/etcd/tls_material.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
-import { until } from "./wait.ts";
+import { until } from "../harness/wait.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { type EtcdClient, register, resolve, type Update } from "../mod.ts";
 import { ROOT_PASSWORD, type SecureEtcd } from "./tls.ts";
 import { TcpProxy } from "./tcp_proxy.ts";
-import { sleep, until } from "./wait.ts";
+import { sleep, until } from "../harness/wait.ts";
 
 /**
  * Runs a registration and a resolver for `seconds` through auth-token expiry:
