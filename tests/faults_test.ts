@@ -31,7 +31,7 @@ import { Greeter, startGreeter } from "../harness/greeter.ts";
 import { EtcdCluster } from "./etcd_cluster.ts";
 import { Load, untilAllAnswer } from "../harness/load.ts";
 import { readMetric, startEtcd } from "./etcd_server.ts";
-import { TcpProxy } from "./tcp_proxy.ts";
+import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { sleep, until } from "../harness/wait.ts";
 
 const FULL = Deno.env.get("FAULTS_FULL") === "1";
@@ -479,7 +479,7 @@ scenario(
   "faults 5: a client cut off over 1,000+ revisions and a compaction converges to the net change",
   async () => {
     await using etcd = await startEtcd();
-    await using proxy = new TcpProxy(etcd.endpoint);
+    await using proxy = await TcpProxy.start(etcd.endpoint);
     const service = "faults/five";
     const direct = connect({ hosts: etcd.endpoint });
     const cutOff = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
@@ -532,7 +532,7 @@ async function compact(endpoint: string, revision: number): Promise<void> {
 
 scenario("faults 6: the connection reset during catch-up skips no change", async () => {
   await using etcd = await startEtcd();
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   const service = "faults/six";
   const direct = connect({ hosts: etcd.endpoint });
   const cutOff = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
@@ -841,7 +841,7 @@ if (!FULL) scenario(TEN, tenCutOffs);
 async function tenCutOffs(): Promise<void> {
   const cycles = FULL ? 1000 : 40;
   await using etcd = await startEtcd();
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   const service = "faults/ten";
   const client = connect({ hosts: proxy.endpoint, dialTimeout: 500 });
   const direct = connect({ hosts: etcd.endpoint });
@@ -918,7 +918,7 @@ scenario(
   async () => {
     const ttl = 2;
     await using etcd = await startEtcd();
-    await using proxy = new TcpProxy(etcd.endpoint);
+    await using proxy = await TcpProxy.start(etcd.endpoint);
     const service = "faults/four-b";
     const client = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
     const direct = connect({ hosts: etcd.endpoint });

@@ -37,7 +37,7 @@ import {
 } from "../src/etcd/gateway.ts";
 import { EtcdCluster } from "./etcd_cluster.ts";
 import { freePort, readMetric, startEtcd } from "./etcd_server.ts";
-import { TcpProxy } from "./tcp_proxy.ts";
+import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { grantService, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
 import { sleep, until } from "../harness/wait.ts";
@@ -756,7 +756,7 @@ Deno.test("fetch: a host that is not etcd, unreachable or silent fails within di
   });
   await t.step("a host that accepts connections and never answers", async () => {
     await using etcd = await startEtcd();
-    await using proxy = new TcpProxy(etcd.endpoint);
+    await using proxy = await TcpProxy.start(etcd.endpoint);
     proxy.blackhole();
     await using client = connectFetch({ hosts: proxy.endpoint, dialTimeout: 300 });
     await assert.rejects(
@@ -832,7 +832,7 @@ Deno.test("fetch: a frozen member (SIGSTOP) is noticed by the heartbeat and the 
 Deno.test("fetch: after cut-offs resolve() misses no change and repeats none", async () => {
   await using etcd = await startEtcd();
   await using writer = connectFetch({ hosts: etcd.endpoint });
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   await using client = connectFetch({ hosts: proxy.endpoint, dialTimeout: 1000 });
   const errors: Error[] = [];
   await using updates = resolve(client, "svc/echo", { onError: (e) => errors.push(e) });
@@ -864,7 +864,7 @@ Deno.test("fetch: after cut-offs resolve() misses no change and repeats none", a
 Deno.test("fetch: compaction while cut off makes resolve() re-list and emit the net change as one batch", async () => {
   await using etcd = await startEtcd();
   await using writer = connectFetch({ hosts: etcd.endpoint });
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   await using client = connectFetch({ hosts: proxy.endpoint, dialTimeout: 1000 });
   for (const n of [1, 2, 3]) await writer.put(`svc/echo/${n}`, value(`10.0.0.${n}:1`));
   const errors: Error[] = [];

@@ -19,7 +19,7 @@ import {
 import { freePort, startEtcd, waitForMetric } from "./etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
-import { TcpProxy } from "./tcp_proxy.ts";
+import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { sleep, until } from "../harness/wait.ts";
 
 /** An etcd3 client of its own, to check etcd's state independently of our adapter. */
@@ -105,7 +105,7 @@ Deno.test("etcd: register() heals a key deleted and a lease revoked by someone e
 Deno.test("etcd: a registration cut off past its TTL comes back within the backoff cap + 1 s", async () => {
   await using etcd = await startEtcd();
   await using check = raw(etcd.endpoint);
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   await using client = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
   await using reg = await register(client, "svc/echo", { addr: "127.0.0.1:3" }, {
     ttl: 2,
@@ -197,7 +197,7 @@ Deno.test("etcd: resolve() streams the snapshot then each change, and resolvers 
 Deno.test("etcd: after a reconnect resolve() misses no change and repeats none", async () => {
   await using etcd = await startEtcd();
   await using writer = raw(etcd.endpoint);
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   await using client = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
   const errors: Error[] = [];
   await using it = resolve(client, "svc/echo", { onError: (e) => errors.push(e) });
@@ -231,7 +231,7 @@ Deno.test("etcd: after a reconnect resolve() misses no change and repeats none",
 Deno.test("etcd: after compaction resolve() re-lists and emits the difference as one batch", async () => {
   await using etcd = await startEtcd();
   await using writer = raw(etcd.endpoint);
-  await using proxy = new TcpProxy(etcd.endpoint);
+  await using proxy = await TcpProxy.start(etcd.endpoint);
   await using client = connect({ hosts: proxy.endpoint, dialTimeout: 1000 });
   const value = (n: number, m: unknown = null) =>
     JSON.stringify({ Op: 0, Addr: `10.0.0.${n}:1`, Metadata: m });

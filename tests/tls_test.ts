@@ -34,7 +34,7 @@ import {
 } from "./tls.ts";
 import { targetHost, uriPath } from "../src/etcd/tls.ts";
 import { clientCertProblem } from "../src/etcd/tls_material.ts";
-import { TcpProxy } from "./tcp_proxy.ts";
+import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
 import { until } from "../harness/wait.ts";
 
@@ -344,7 +344,7 @@ Deno.test("tls: by IP address, a registration and a resolver recover over new TL
     await using etcd = await startTlsEtcd(pki);
     const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
     // The proxy forwards the TLS bytes untouched: the client handshakes with etcd through it.
-    await using proxy = new TcpProxy(etcd.endpoint.replace("https://localhost", "127.0.0.1"));
+    await using proxy = await TcpProxy.start(etcd.endpoint.replace("https://localhost", "127.0.0.1"));
     await using cutOff = connect({
       hosts: proxy.endpoint.replace("http://", "https://"),
       tls,

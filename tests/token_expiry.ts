@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { type EtcdClient, register, resolve, type Update } from "../mod.ts";
 import { ROOT_PASSWORD, type SecureEtcd } from "./tls.ts";
-import { TcpProxy } from "./tcp_proxy.ts";
+import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { sleep, until } from "../harness/wait.ts";
 
 /**
@@ -28,8 +28,8 @@ export async function runThroughTokenExpiry(
 ): Promise<void> {
   const auth = { username: "root", password: ROOT_PASSWORD };
   const target = etcd.endpoint.replace("localhost", "127.0.0.1");
-  await using proxyA = new TcpProxy(target);
-  await using proxyB = new TcpProxy(target);
+  await using proxyA = await TcpProxy.start(target);
+  await using proxyB = await TcpProxy.start(target);
   await using a = connectAs({ hosts: proxyA.endpoint, auth });
   await using b = connectAs({ hosts: proxyB.endpoint, auth });
   await using writer = connectAs({ hosts: etcd.endpoint, auth });
