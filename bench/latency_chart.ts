@@ -11,7 +11,7 @@
  */
 import { Etcd3 } from "etcd3";
 import { connect, encodeEndpoint, resolve } from "../mod.ts";
-import { startEtcd } from "../tests/etcd_server.ts";
+import { startEtcd } from "../harness/etcd_server.ts";
 
 /** One curve: a name, a colour and its samples in milliseconds. */
 export interface Series {

@@ -9,17 +9,14 @@ import * as grpc from "@grpc/grpc-js";
 import { connect } from "../mod.ts";
 import { dial } from "../grpc.ts";
 import { Greeter, type GreeterClient, sayHello } from "../harness/greeter.ts";
-import { startEtcd } from "../tests/etcd_server.ts";
+import { startEtcd } from "../harness/etcd_server.ts";
 import { spawnGreeter } from "../harness/greeter_process.ts";
 
 const server = await startEtcd();
 const servers = await Promise.all(
   ["a", "b", "c"].map((name) => spawnGreeter(server.endpoint, "bench/greeter", name, { ttl: 10 })),
 );
-globalThis.addEventListener("unload", () => {
-  for (const s of servers) s.kill("SIGKILL");
-  server.closeSync();
-});
+// The harness stops etcd and the greeters and removes etcd's data when this process exits.
 const etcd = connect({ hosts: server.endpoint });
 const ours = dial(etcd, "bench/greeter", Greeter);
 const theirs = new Greeter(

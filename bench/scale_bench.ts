@@ -7,11 +7,11 @@
  */
 import { Etcd3 } from "etcd3";
 import { connect, encodeEndpoint, type Resolution, resolve } from "../mod.ts";
-import { startEtcd } from "../tests/etcd_server.ts";
+import { startEtcd } from "../harness/etcd_server.ts";
 
 const INSTANCES = 10_000;
 const server = await startEtcd();
-globalThis.addEventListener("unload", () => server.closeSync());
+// The harness stops etcd and removes its data when this process exits.
 const raw = new Etcd3({ hosts: server.endpoint });
 for (let start = 0; start < INSTANCES; start += 500) {
   await Promise.all(Array.from({ length: 500 }, (_, k) => {

@@ -10,10 +10,10 @@
 import { Etcd3 } from "etcd3";
 import { connect, encodeEndpoint, register, resolve } from "../mod.ts";
 import { connectFetch } from "../fetch.ts";
-import { startEtcd } from "../tests/etcd_server.ts";
+import { startEtcd } from "../harness/etcd_server.ts";
 
 const server = await startEtcd();
-globalThis.addEventListener("unload", () => server.closeSync());
+// The harness stops etcd and removes its data when this process exits.
 const raw = new Etcd3({ hosts: server.endpoint });
 const reader = connect({ hosts: server.endpoint });
 const writer = connect({ hosts: server.endpoint });

@@ -16,7 +16,7 @@ import * as grpc from "@grpc/grpc-js";
 import { connect, type EtcdClient, resolve } from "../mod.ts";
 import { dial } from "../grpc.ts";
 import { MemoryEtcd } from "../testing.ts";
-import { type EtcdServer, findEtcd, INSTALL_HINT, startEtcd } from "../tests/etcd_server.ts";
+import { type EtcdServer, findEtcd, INSTALL_HINT, startEtcd } from "../harness/etcd_server.ts";
 import { type GreeterProcess, spawnGreeter } from "../harness/greeter_process.ts";
 import { Greeter, type Greeting, sayHello, startGreeter } from "../harness/greeter.ts";
 

@@ -28,7 +28,7 @@ import {
   serverCredentials,
   startImpostor,
   startSecureEtcd,
-} from "../tests/tls.ts";
+} from "../harness/tls.ts";
 import { Greeter, type GreeterClient, sayHello, startGreeter } from "../harness/greeter.ts";
 
 const SERVICE = "payments.internal";

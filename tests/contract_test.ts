@@ -17,7 +17,7 @@ import {
 } from "../mod.ts";
 import { connectFetch } from "../fetch.ts";
 import { MemoryEtcd } from "../testing.ts";
-import { readMetric, startEtcd } from "./etcd_server.ts";
+import { readMetric, startEtcd } from "../harness/etcd_server.ts";
 import { until } from "../harness/wait.ts";
 
 /** One implementation under test, on a store of its own. */

@@ -27,7 +27,7 @@ import {
   startGreeter,
   startLoneGreeter,
 } from "../harness/greeter.ts";
-import { freePort, startEtcd } from "./etcd_server.ts";
+import { freePort, startEtcd } from "../harness/etcd_server.ts";
 import { untilAllAnswer } from "../harness/load.ts";
 import { withOverrides } from "./overrides.ts";
 import { sleep, until } from "../harness/wait.ts";
@@ -493,7 +493,7 @@ Deno.test("dial: a call whose deadline is past a timer's range waits for an inst
 });
 
 Deno.test("dial: with etcd unreachable from the start, a plain call fails UNAVAILABLE naming etcd; a waitForReady call waits until its deadline", async () => {
-  const port = freePort();
+  const port = await freePort();
   await using client = connect({ hosts: `http://127.0.0.1:${port}`, dialTimeout: 500 });
   const greeter = dial(client, SERVICE, Greeter, { onError: () => {} });
   try {
@@ -573,7 +573,7 @@ Deno.test("dial: picker rebuilds are coalesced while many instances change state
   const count = 200;
   for (let i = 0; i < count; i++) {
     // Nothing listens on these: each channel goes CONNECTING, then TRANSIENT_FAILURE.
-    await etcd.put(`${SERVICE}/${i}`, JSON.stringify({ Addr: `127.0.0.1:${freePort()}` }));
+    await etcd.put(`${SERVICE}/${i}`, JSON.stringify({ Addr: `127.0.0.1:${await freePort()}` }));
   }
   let builds = 0;
   const greeter = dial(etcd, SERVICE, Greeter, {

@@ -28,9 +28,9 @@ import { dial } from "../grpc.ts";
 import { connectFetch } from "../fetch.ts";
 import { memoryClient } from "../testing.ts";
 import { Greeter, startGreeter } from "../harness/greeter.ts";
-import { EtcdCluster } from "./etcd_cluster.ts";
+import { EtcdCluster } from "../harness/etcd_cluster.ts";
 import { Load, untilAllAnswer } from "../harness/load.ts";
-import { readMetric, startEtcd } from "./etcd_server.ts";
+import { readMetric, startEtcd } from "../harness/etcd_server.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { sleep, until } from "../harness/wait.ts";
 

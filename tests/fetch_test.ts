@@ -35,10 +35,16 @@ import {
   textToBase64,
   toBase64,
 } from "../src/etcd/gateway.ts";
-import { EtcdCluster } from "./etcd_cluster.ts";
-import { freePort, readMetric, startEtcd } from "./etcd_server.ts";
+import { EtcdCluster } from "../harness/etcd_cluster.ts";
+import { freePort, readMetric, startEtcd } from "../harness/etcd_server.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
-import { grantService, makePki, ROOT_PASSWORD, startSecureEtcd, startTlsEtcd } from "./tls.ts";
+import {
+  grantService,
+  makePki,
+  ROOT_PASSWORD,
+  startSecureEtcd,
+  startTlsEtcd,
+} from "../harness/tls.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
 import { sleep, until } from "../harness/wait.ts";
 
@@ -693,7 +699,7 @@ Deno.test("fetch: credentials given to an etcd without auth: calls go through wi
 
 Deno.test("fetch: with one host dead, every call goes to the live one", async () => {
   await using etcd = await startEtcd();
-  const dead = `http://127.0.0.1:${freePort()}`;
+  const dead = `http://127.0.0.1:${await freePort()}`;
   await using client = connectFetch({ hosts: [dead, etcd.endpoint], dialTimeout: 1000 });
   await using reg = await register(client, "svc/echo", { addr: "127.0.0.1:3" }, { ttl: 2 });
   await using updates = resolve(client, "svc/echo", quiet);
@@ -705,7 +711,7 @@ Deno.test("fetch: with one host dead, every call goes to the live one", async ()
   assert.equal(reg.lease, lease);
   assert.equal(reg.state, "registered");
   await using deadOnly = connectFetch({
-    hosts: [dead, `http://127.0.0.1:${freePort()}`],
+    hosts: [dead, `http://127.0.0.1:${await freePort()}`],
     dialTimeout: 1000,
   });
   await assert.rejects(deadOnly.get("k"), (e: Error) => {
@@ -745,7 +751,7 @@ Deno.test("fetch: a host that is not etcd, unreachable or silent fails within di
     );
   });
   await t.step("a closed port", async () => {
-    const host = `http://127.0.0.1:${freePort()}`;
+    const host = `http://127.0.0.1:${await freePort()}`;
     await using client = connectFetch({ hosts: host, dialTimeout: 1000 });
     await assert.rejects(
       register(client, "svc/echo", { addr: "127.0.0.1:4" }, { timeout: 1500 }),

@@ -10,7 +10,7 @@ import { dial, registerEtcdResolver, serve } from "../grpc.ts";
 import { memoryClient } from "../testing.ts";
 import { passedOnStatus } from "../src/grpc/status.ts";
 import { Greeter, sayHello, startGreeter } from "../harness/greeter.ts";
-import { startEtcd, waitForMetric } from "./etcd_server.ts";
+import { startEtcd, waitForMetric } from "../harness/etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { type GreeterProcess, spawnGreeter } from "../harness/greeter_process.ts";

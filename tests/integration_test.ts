@@ -16,7 +16,7 @@ import {
   resolve,
   type Update,
 } from "../mod.ts";
-import { freePort, startEtcd, waitForMetric } from "./etcd_server.ts";
+import { freePort, startEtcd, waitForMetric } from "../harness/etcd_server.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
@@ -129,7 +129,7 @@ Deno.test("etcd: a registration cut off past its TTL comes back within the backo
 });
 
 Deno.test("etcd: register() with etcd unreachable rejects within `timeout`, naming the hosts", async () => {
-  const port = freePort();
+  const port = await freePort();
   await using client = connect({ hosts: `127.0.0.1:${port}`, dialTimeout: 500 });
   const start = Date.now();
   const rejected = assert.rejects(
@@ -154,7 +154,7 @@ Deno.test("etcd: register() with etcd unreachable rejects within `timeout`, nami
 });
 
 Deno.test("etcd: register() with etcd unreachable rejects in about 5 s by default", async () => {
-  const port = freePort();
+  const port = await freePort();
   await using client = connect({ hosts: `http://127.0.0.1:${port}` });
   const start = Date.now();
   await assert.rejects(register(client, "svc/echo", { addr: "127.0.0.1:4" }), /within 5000 ms/);
@@ -372,7 +372,7 @@ Deno.test("connect() names bad options", () => {
 });
 
 Deno.test("etcd: failed watch opens leave no listener on the caller's signal", async () => {
-  const port = freePort();
+  const port = await freePort();
   // With auth, etcd3 must authenticate before it opens a stream: with etcd unreachable, that
   // fails, and the open throws (without auth the stream opens and fails later, on its own).
   await using client = connect({

@@ -10,7 +10,7 @@
  * @module
  */
 import http2 from "node:http2";
-import { startEtcd } from "./etcd_server.ts";
+import { startEtcd } from "../harness/etcd_server.ts";
 
 const SESSIONS = 300;
 const gc = () => (globalThis as { gc?: () => void }).gc?.();

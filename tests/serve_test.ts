@@ -9,7 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import { connect } from "../mod.ts";
 import { serve } from "../grpc.ts";
 import { Greeter, type GreeterClient, sayHello, startGreeter } from "../harness/greeter.ts";
-import { freePort, startEtcd } from "./etcd_server.ts";
+import { freePort, startEtcd } from "../harness/etcd_server.ts";
 import { sleep, until } from "../harness/wait.ts";
 
 const SERVICE = "svc/served";
@@ -85,7 +85,7 @@ Deno.test("serve: a port already taken fails naming the address, with nothing re
 });
 
 Deno.test("serve: when etcd cannot be reached within timeout, the server is shut down and the error names etcd", async () => {
-  const port = freePort();
+  const port = await freePort();
   await using client = connect({ hosts: `http://127.0.0.1:${port}`, dialTimeout: 200 });
   const server = new grpc.Server();
   const start = Date.now();

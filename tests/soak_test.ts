@@ -17,7 +17,7 @@ import {
   EndpointDecodeError,
   resolve,
 } from "../mod.ts";
-import { startEtcd } from "./etcd_server.ts";
+import { startEtcd } from "../harness/etcd_server.ts";
 import { sleep, until } from "../harness/wait.ts";
 
 const FULL = Deno.env.get("FAULTS_FULL") === "1";

@@ -3,7 +3,7 @@
  * auth with short-lived tokens, RBAC per service prefix, and TLS between
  * dialed clients and served instances with the server name taken from the
  * caller, never from the registry. Certificates are made by `openssl` into a
- * temporary directory (tests/tls.ts).
+ * temporary directory (harness/tls.ts).
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -31,7 +31,7 @@ import {
   startImpostor,
   startSecureEtcd,
   startTlsEtcd,
-} from "./tls.ts";
+} from "../harness/tls.ts";
 import { targetHost, uriPath } from "../src/etcd/tls.ts";
 import { clientCertProblem } from "../src/etcd/tls_material.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
@@ -344,7 +344,9 @@ Deno.test("tls: by IP address, a registration and a resolver recover over new TL
     await using etcd = await startTlsEtcd(pki);
     const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
     // The proxy forwards the TLS bytes untouched: the client handshakes with etcd through it.
-    await using proxy = await TcpProxy.start(etcd.endpoint.replace("https://localhost", "127.0.0.1"));
+    await using proxy = await TcpProxy.start(
+      etcd.endpoint.replace("https://localhost", "127.0.0.1"),
+    );
     await using cutOff = connect({
       hosts: proxy.endpoint.replace("http://", "https://"),
       tls,

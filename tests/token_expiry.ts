@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { type EtcdClient, register, resolve, type Update } from "../mod.ts";
-import { ROOT_PASSWORD, type SecureEtcd } from "./tls.ts";
+import { ROOT_PASSWORD, type SecureEtcd } from "../harness/tls.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { sleep, until } from "../harness/wait.ts";
 

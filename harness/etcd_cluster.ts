@@ -1,41 +1,60 @@
 /**
- * Test helper: an etcd cluster of 1 or 3 members on loopback ports, with data
- * in a temporary directory, whose members the tests kill, freeze and restart.
+ * Harness: an etcd cluster of 1 or 3 members on loopback ports, with data in
+ * a temporary directory, whose members the tests kill, freeze and restart.
+ * Built on `node:` APIs, so it runs on Deno, Node and Bun.
  *
  * @module
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { atExit } from "./child.ts";
 import { findEtcd, Member } from "./etcd_server.ts";
+import { sleep } from "./wait.ts";
 
 /** A cluster of etcd members on loopback. */
 export class EtcdCluster implements AsyncDisposable {
+  /** Every member, running or not. */
   readonly members: readonly Member[];
   readonly #dir: string;
+  readonly #forget: () => void;
 
   private constructor(dir: string, members: Member[]) {
     this.#dir = dir;
     this.members = members;
+    this.#forget = atExit(() => rmSync(dir, { recursive: true, force: true }));
   }
 
   /**
    * Starts `size` members and waits until they agree on a leader.
    *
    * @param size 1 or 3 (any odd number works)
+   * @throws {Error} when etcd is not installed (saying how to install it), or
+   *   the members do not agree on a leader within 20 s (with what etcd said)
    */
   static async start(size: number): Promise<EtcdCluster> {
     const bin = findEtcd();
-    const dir = await Deno.makeTempDir({ prefix: "grpc-etcd-cluster-" });
-    const members = Array.from({ length: size }, (_, i) => new Member(bin, dir, `m${i}`));
+    const dir = mkdtempSync(join(tmpdir(), "grpc-etcd-cluster-"));
+    const members: Member[] = [];
+    try {
+      for (let i = 0; i < size; i++) members.push(await Member.create(bin, dir, `m${i}`));
+    } catch (error) {
+      rmSync(dir, { recursive: true, force: true });
+      throw error;
+    }
     const cluster = members.map((m) => `${m.name}=${m.peerUrl}`).join(",");
+    const result = new EtcdCluster(dir, members);
     for (const member of members) {
       member.join(cluster);
       member.spawn();
     }
-    const result = new EtcdCluster(dir, members);
     try {
       await result.healthy(20_000);
     } catch (error) {
+      const stderr = members.map((m) => m.stderrTail() && `${m.name}: ${m.stderrTail()}`)
+        .filter((s) => s).join("\n");
       await result.close();
-      throw error;
+      throw new Error(`${(error as Error).message}${stderr ? `\netcd stderr:\n${stderr}` : ""}`);
     }
     return result;
   }
@@ -45,7 +64,11 @@ export class EtcdCluster implements AsyncDisposable {
     return this.members.map((m) => m.clientUrl);
   }
 
-  /** Waits until every running member reports the same leader, itself running. */
+  /**
+   * Waits until every running member reports the same leader, itself running.
+   *
+   * @throws {Error} after `ms`
+   */
   async healthy(ms = 15_000): Promise<void> {
     const deadline = Date.now() + ms;
     while (Date.now() < deadline) {
@@ -55,12 +78,16 @@ export class EtcdCluster implements AsyncDisposable {
       const members = new Set(statuses.map((s) => s?.member));
       const [leader] = leaders;
       if (statuses.every((s) => s) && leaders.size === 1 && members.has(leader)) return;
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
     throw new Error(`etcd cluster did not agree on a leader within ${ms} ms`);
   }
 
-  /** The member that is the leader now. */
+  /**
+   * The member that is the leader now.
+   *
+   * @throws {Error} when none says it is
+   */
   async leader(): Promise<Member> {
     for (const member of this.members) {
       const status = await member.status();
@@ -69,7 +96,11 @@ export class EtcdCluster implements AsyncDisposable {
     throw new Error("no member reports itself as the leader");
   }
 
-  /** A running member that is not the leader. */
+  /**
+   * A running member that is not the leader.
+   *
+   * @throws {Error} when there is none
+   */
   async follower(): Promise<Member> {
     const leader = await this.leader();
     const follower = this.members.find((m) => m !== leader && m.running);
@@ -80,7 +111,8 @@ export class EtcdCluster implements AsyncDisposable {
   /** Stops every member and removes the data. */
   async close(): Promise<void> {
     await Promise.all(this.members.map((m) => m.stop({ kill: true })));
-    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+    rmSync(this.#dir, { recursive: true, force: true });
+    this.#forget();
   }
 
   [Symbol.asyncDispose](): Promise<void> {

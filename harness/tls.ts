@@ -1,13 +1,22 @@
 /**
- * Test helper: a throwaway CA, server and client certificates made with
- * `openssl`, and a single etcd member that requires client certificates.
+ * Harness: a throwaway CA, server and client certificates made with
+ * `openssl`, a single etcd member that requires client certificates (and/or
+ * has auth on, with the README's RBAC commands run through `etcdctl`), and
+ * gRPC credentials from those certificates. Built on `node:` APIs, so it runs
+ * on Deno, Node and Bun.
  *
  * @module
  */
 import { Buffer } from "node:buffer";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import { type LoneGreeter, startLoneGreeter } from "../harness/greeter.ts";
+import { atExit } from "./child.ts";
 import { findEtcd, findExecutable, Member } from "./etcd_server.ts";
+import { type LoneGreeter, startLoneGreeter } from "./greeter.ts";
+import { sleep } from "./wait.ts";
 
 /** A certificate and its key, as PEM text, and the paths of their files. */
 export interface Issued {
@@ -39,14 +48,25 @@ export interface TestPki {
   close(): Promise<void>;
 }
 
-async function openssl(dir: string, args: string[]): Promise<void> {
-  const out = await new Deno.Command("openssl", { args, cwd: dir, stdout: "null", stderr: "piped" })
-    .output()
-    .catch((error) => {
-      throw new Error(`openssl is needed for the TLS tests (apt-get install -y openssl): ${error}`);
+/** Runs `command` with `args` in `cwd`; resolves with its stdout, fails with its stderr. */
+function run(command: string, args: readonly string[], cwd?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(command, [...args], { cwd, encoding: "utf8" }, (error, stdout, stderr) => {
+      if (!error) resolve(stdout);
+      else reject(Object.assign(error, { stderr: String(stderr).trim() }));
     });
-  if (!out.success) {
-    throw new Error(`openssl ${args[0]} failed: ${new TextDecoder().decode(out.stderr)}`);
+  });
+}
+
+async function openssl(dir: string, args: string[]): Promise<void> {
+  try {
+    await run("openssl", args, dir);
+  } catch (error) {
+    const e = error as Error & { code?: unknown; stderr?: string };
+    if (e.code === "ENOENT") {
+      throw new Error(`openssl is needed for the TLS tests (apt-get install -y openssl): ${e}`);
+    }
+    throw new Error(`openssl ${args[0]} failed: ${e.stderr || e.message}`);
   }
 }
 
@@ -69,35 +89,23 @@ copy_extensions = none
 commonName = supplied
 `;
 
-/** Makes a CA and a server and a client certificate for `localhost` and 127.0.0.1. */
+/**
+ * Makes a CA and a server and a client certificate for `localhost` and 127.0.0.1.
+ *
+ * @throws {Error} when openssl is missing (saying how to install it) or fails
+ */
 export async function makePki(): Promise<TestPki> {
-  const dir = await Deno.makeTempDir({ prefix: "grpc-etcd-pki-" });
-  await openssl(dir, [
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.crt",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=grpc-etcd test CA",
-  ]);
-  await Deno.writeTextFile(`${dir}/ca.cnf`, CA_CONFIG);
-  await Deno.writeTextFile(`${dir}/index.txt`, "");
-  await Deno.writeTextFile(`${dir}/serial`, "01\n");
+  const dir = mkdtempSync(join(tmpdir(), "grpc-etcd-pki-"));
+  const forget = atExit(() => rmSync(dir, { recursive: true, force: true }));
+  const read = (file: string) => readFileSync(join(dir, file), "utf8");
   const stamp = (date: Date) => date.toISOString().replace(/[-:T]/g, "").slice(0, 14) + "Z";
   const sign = async (
     name: string,
     san: string,
     options: { expired?: boolean } = {},
   ): Promise<Issued> => {
-    await Deno.writeTextFile(
-      `${dir}/${name}.ext`,
+    writeFileSync(
+      join(dir, `${name}.ext`),
       `[ext]\nsubjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\n`,
     );
     await openssl(dir, [
@@ -134,28 +142,54 @@ export async function makePki(): Promise<TestPki> {
       "-out",
       `${name}.crt`,
     ]);
-    const certFile = `${dir}/${name}.crt`;
-    const keyFile = `${dir}/${name}.key`;
     return {
-      cert: Deno.readTextFileSync(certFile),
-      key: Deno.readTextFileSync(keyFile),
-      certFile,
-      keyFile,
+      cert: read(`${name}.crt`),
+      key: read(`${name}.key`),
+      certFile: join(dir, `${name}.crt`),
+      keyFile: join(dir, `${name}.key`),
     };
   };
-  const server = await sign("server", "IP:127.0.0.1,DNS:localhost");
-  const client = await sign("client", "IP:127.0.0.1,DNS:localhost");
-  return {
-    dir,
-    ca: Deno.readTextFileSync(`${dir}/ca.crt`),
-    serverCert: server.cert,
-    serverKey: server.key,
-    clientCert: client.cert,
-    clientKey: client.key,
-    issue: (name, dnsNames, options) =>
-      sign(name, dnsNames.map((n) => `DNS:${n}`).join(","), options),
-    close: () => Deno.remove(dir, { recursive: true }).catch(() => {}),
+  const close = () => {
+    rmSync(dir, { recursive: true, force: true });
+    forget();
+    return Promise.resolve();
   };
+  try {
+    await openssl(dir, [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.crt",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=grpc-etcd test CA",
+    ]);
+    writeFileSync(join(dir, "ca.cnf"), CA_CONFIG);
+    writeFileSync(join(dir, "index.txt"), "");
+    writeFileSync(join(dir, "serial"), "01\n");
+    const server = await sign("server", "IP:127.0.0.1,DNS:localhost");
+    const client = await sign("client", "IP:127.0.0.1,DNS:localhost");
+    return {
+      dir,
+      ca: read("ca.crt"),
+      serverCert: server.cert,
+      serverKey: server.key,
+      clientCert: client.cert,
+      clientKey: client.key,
+      issue: (name, dnsNames, options) =>
+        sign(name, dnsNames.map((n) => `DNS:${n}`).join(","), options),
+      close,
+    };
+  } catch (error) {
+    await close();
+    throw error;
+  }
 }
 
 /** How {@linkcode startSecureEtcd} configures etcd. */
@@ -185,7 +219,7 @@ export interface SecureEtcd extends AsyncDisposable {
 
 function findEtcdctl(): string {
   const etcd = findEtcd();
-  const found = findExecutable("etcdctl", [etcd.slice(0, etcd.lastIndexOf("/"))]);
+  const found = findExecutable("etcdctl", [dirname(etcd)]);
   if (found) return found;
   throw new Error(
     `etcdctl was found neither beside ${etcd} nor on PATH; install it with: apt-get install -y etcd-client`,
@@ -195,60 +229,71 @@ function findEtcdctl(): string {
 /**
  * Starts a single etcd member with TLS (client certificates required) and/or
  * auth turned on (through `etcdctl`, the commands the README documents).
+ *
+ * @throws {Error} when etcd, etcdctl or openssl is missing (saying how to
+ *   install it), or etcd does not come up within 15 s (with what it said)
  */
 export async function startSecureEtcd(options: SecureEtcdOptions): Promise<SecureEtcd> {
   const { pki, server, auth = false, tokenTtl, jwtTtl } = options;
-  const data = await Deno.makeTempDir({ prefix: "grpc-etcd-secure-" });
-  const args = tokenTtl === undefined
-    ? []
-    : ["--auth-token=simple", `--auth-token-ttl=${tokenTtl}`];
-  if (jwtTtl !== undefined) {
-    await openssl(data, ["genrsa", "-out", "jwt.key", "2048"]);
-    await openssl(data, ["rsa", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
-    args.push(
-      `--auth-token=jwt,pub-key=${data}/jwt.pub,priv-key=${data}/jwt.key,sign-method=RS256,ttl=${jwtTtl}s`,
-    );
+  const ctl = findEtcdctl();
+  const data = mkdtempSync(join(tmpdir(), "grpc-etcd-secure-"));
+  const forget = atExit(() => rmSync(data, { recursive: true, force: true }));
+  const removeData = () => {
+    rmSync(data, { recursive: true, force: true });
+    forget();
+  };
+  let member: Member;
+  try {
+    const args = tokenTtl === undefined
+      ? []
+      : ["--auth-token=simple", `--auth-token-ttl=${tokenTtl}`];
+    if (jwtTtl !== undefined) {
+      await openssl(data, ["genrsa", "-out", "jwt.key", "2048"]);
+      await openssl(data, ["rsa", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+      const pub = join(data, "jwt.pub");
+      const priv = join(data, "jwt.key");
+      args.push(
+        `--auth-token=jwt,pub-key=${pub},priv-key=${priv},sign-method=RS256,ttl=${jwtTtl}s`,
+      );
+    }
+    member = await Member.create(findEtcd(), data, "t", {
+      clientHost: "localhost",
+      tls: pki
+        ? {
+          cert: server?.certFile ?? join(pki.dir, "server.crt"),
+          key: server?.keyFile ?? join(pki.dir, "server.key"),
+          ca: join(pki.dir, "ca.crt"),
+        }
+        : undefined,
+      args,
+    });
+  } catch (error) {
+    removeData();
+    throw error;
   }
-  const member = new Member(findEtcd(), data, "t", {
-    clientHost: "localhost",
-    tls: pki
-      ? {
-        cert: server?.certFile ?? `${pki.dir}/server.crt`,
-        key: server?.keyFile ?? `${pki.dir}/server.key`,
-        ca: `${pki.dir}/ca.crt`,
-      }
-      : undefined,
-    args,
-  });
   member.spawn();
   const stop = async () => {
     await member.stop({ kill: true });
-    await Deno.remove(data, { recursive: true }).catch(() => {});
+    removeData();
   };
   const endpoint = member.clientUrl;
-  const ctl = findEtcdctl();
   let asRoot = false;
   const etcdctl = async (...rest: string[]): Promise<string> => {
     const flags = [`--endpoints=${endpoint}`, "--dial-timeout=2s", "--command-timeout=5s"];
     if (pki) {
       flags.push(
-        `--cacert=${pki.dir}/ca.crt`,
-        `--cert=${pki.dir}/client.crt`,
-        `--key=${pki.dir}/client.key`,
+        `--cacert=${join(pki.dir, "ca.crt")}`,
+        `--cert=${join(pki.dir, "client.crt")}`,
+        `--key=${join(pki.dir, "client.key")}`,
       );
     }
     if (asRoot) flags.push(`--user=root:${ROOT_PASSWORD}`);
-    const out = await new Deno.Command(ctl, {
-      args: [...flags, ...rest],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const text = new TextDecoder();
-    if (!out.success) {
-      throw new Error(`etcdctl ${rest.join(" ")} failed: ${text.decode(out.stderr).trim()}`);
+    try {
+      return await run(ctl, [...flags, ...rest]);
+    } catch (error) {
+      const e = error as Error & { stderr?: string };
+      throw new Error(`etcdctl ${rest.join(" ")} failed: ${e.stderr || e.message}`);
     }
-    return text.decode(out.stdout);
   };
   try {
     const deadline = Date.now() + 15_000;
@@ -257,8 +302,13 @@ export async function startSecureEtcd(options: SecureEtcdOptions): Promise<Secur
         await etcdctl("endpoint", "health");
         break;
       } catch (error) {
-        if (Date.now() > deadline) throw new Error(`etcd did not come up: ${error}`);
-        await new Promise((r) => setTimeout(r, 50));
+        if (Date.now() > deadline || !member.running) {
+          const stderr = member.stderrTail();
+          throw new Error(
+            `etcd did not come up: ${error}${stderr ? `\netcd stderr:\n${stderr}` : ""}`,
+          );
+        }
+        await sleep(50);
       }
     }
     if (auth) {
