@@ -1,10 +1,17 @@
 import assert from "node:assert/strict";
-import { explainText, type TlsMode } from "../src/etcd/explain.ts";
+import { CLOSED_UNANSWERED, explainText, saysNoReason, type TlsMode } from "../src/etcd/explain.ts";
 
 const plain: TlsMode = { secure: false, ca: false };
 const tlsOnly: TlsMode = { secure: true, ca: true };
 const systemCa: TlsMode = { secure: true, ca: false };
 const withCert: TlsMode = { secure: true, ca: true, clientCert: () => undefined };
+const foreign: TlsMode = {
+  secure: true,
+  ca: true,
+  clientCert: () =>
+    "the one in tls.cert (CN=client) was not issued by the CA in tls.ca; etcd must trust its " +
+    "issuer (--trusted-ca-file)",
+};
 const expired: TlsMode = {
   secure: true,
   ca: true,
@@ -107,6 +114,81 @@ Deno.test("explainText(): each runtime's wording of each failure, and what the c
       withCert,
       /rejected the client certificate or closed the TLS connection \(expired, or not signed by a CA etcd trusts\)$/,
     ],
+    // Recorded against etcd 3.4.23 with --client-cert-auth (the tls-refused conformance
+    // scenarios): what each runtime's grpc-js call says, and what the adapter's own handshake
+    // says when the call that authenticates gives no reason.
+    [
+      "Deno 2.9.3: no client cert",
+      "14 UNAVAILABLE: No connection established. Last error: received fatal alert: BadCertificate (2026-11-30T06:09:07.189Z). Resolution note: ",
+      tlsOnly,
+      /^etcd closed the TLS connection; it may require a client certificate \(tls\.cert and tls\.key were not given\)$/,
+    ],
+    [
+      "Deno 2.9.3: client cert from another CA",
+      "14 UNAVAILABLE: No connection established. Last error: write EPIPE (2026-11-30T06:09:08.538Z). Resolution note: ",
+      foreign,
+      /^etcd rejected the client certificate: the one in tls\.cert \(CN=client\) was not issued/,
+    ],
+    [
+      "Deno 2.9.3: wrong CA",
+      "14 UNAVAILABLE: No connection established. Last error: Error: unable to verify the first certificate. Resolution note: ",
+      foreign,
+      /^etcd's server certificate is not signed by the CA given in tls\.ca$/,
+    ],
+    [
+      "Deno 2.9.3: handshake, no client cert",
+      "received fatal alert: BadCertificate",
+      tlsOnly,
+      /^etcd closed the TLS connection; it may require a client certificate \(tls\.cert and tls\.key were not given\)$/,
+    ],
+    [
+      "Node 24: no client cert",
+      "14 UNAVAILABLE: No connection established. Last error: 402D6787097F0000:error:0A000412:SSL routines:ssl3_read_bytes:ssl/tls alert bad certificate:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:918:SSL alert number 42\n (2026-11-30T06:09:33.355Z). Resolution note: ",
+      tlsOnly,
+      /^etcd closed the TLS connection; it may require a client certificate \(tls\.cert and tls\.key were not given\)$/,
+    ],
+    [
+      "Node 24: client cert from another CA",
+      "405D2D41917F0000:error:0A000412:SSL routines:ssl3_read_bytes:ssl/tls alert bad certificate:../deps/openssl/openssl/ssl/record/rec_layer_s3.c:918:SSL alert number 42",
+      foreign,
+      /^etcd rejected the client certificate: the one in tls\.cert \(CN=client\) was not issued/,
+    ],
+    [
+      "Node 24: wrong CA",
+      "14 UNAVAILABLE: No connection established. Last error: Error: unable to verify the first certificate; if the root CA is installed locally, try running Node.js with --use-system-ca. Resolution note: ",
+      foreign,
+      /^etcd's server certificate is not signed by the CA given in tls\.ca$/,
+    ],
+    [
+      "Node 24: handshake, wrong CA",
+      "unable to verify the first certificate; if the root CA is installed locally, try running Node.js with --use-system-ca",
+      foreign,
+      /^etcd's server certificate is not signed by the CA given in tls\.ca$/,
+    ],
+    [
+      "Bun 1.4: no client cert",
+      "14 UNAVAILABLE: No connection established. Last error: error:10000412:SSL routines:OPENSSL_internal:SSLV3_ALERT_BAD_CERTIFICATE (2026-11-30T06:09:50.882Z). Resolution note: ",
+      tlsOnly,
+      /^etcd closed the TLS connection; it may require a client certificate \(tls\.cert and tls\.key were not given\)$/,
+    ],
+    [
+      "Bun 1.4: handshake, client cert from another CA",
+      "error:10000412:SSL routines:OPENSSL_internal:SSLV3_ALERT_BAD_CERTIFICATE",
+      foreign,
+      /^etcd rejected the client certificate: the one in tls\.cert \(CN=client\) was not issued/,
+    ],
+    [
+      "Bun 1.4: handshake, wrong CA",
+      "unable to verify the first certificate",
+      foreign,
+      /^etcd's server certificate is not signed by the CA given in tls\.ca$/,
+    ],
+    [
+      "handshake: closed without a word, no client cert",
+      CLOSED_UNANSWERED,
+      tlsOnly,
+      /^etcd closed the TLS connection; it may require a client certificate \(tls\.cert and tls\.key were not given\)$/,
+    ],
     // With auth: etcd3's authenticate call fails first, and grpc-js keeps no reason.
     // etcd3's authenticate call: grpc-js keeps no reason, and etcd may just be down.
     [
@@ -155,4 +237,18 @@ Deno.test("explainText(): each runtime's wording of each failure, and what the c
       else assert.match(hint ?? "(no hint)", expected);
     });
   }
+});
+
+Deno.test("saysNoReason(): only grpc-js's 'Last error: null' says nothing about the cause", () => {
+  assert.equal(
+    saysNoReason("14 UNAVAILABLE: No connection established. Last error: null. Resolution note: "),
+    true,
+  );
+  for (
+    const text of [
+      "14 UNAVAILABLE: No connection established. Last error: write EPIPE",
+      "14 UNAVAILABLE: No connection established. Last error: received fatal alert: BadCertificate",
+      "4 DEADLINE_EXCEEDED: Deadline exceeded after 5.001s",
+    ]
+  ) assert.equal(saysNoReason(text), false, text);
 });

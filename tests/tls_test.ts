@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { X509Certificate } from "node:crypto";
+import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { Etcd3 } from "etcd3";
 import {
@@ -32,7 +33,8 @@ import {
   startSecureEtcd,
   startTlsEtcd,
 } from "../harness/tls.ts";
-import { targetHost, uriPath } from "../src/etcd/tls.ts";
+import { EtcdTlsCredentials, targetHost, uriPath } from "../src/etcd/tls.ts";
+import { CLOSED_UNANSWERED } from "../src/etcd/explain.ts";
 import { clientCertProblem } from "../src/etcd/tls_material.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
@@ -256,6 +258,62 @@ Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA,
         );
       },
     );
+  } finally {
+    await pki.close();
+    await other.close();
+  }
+});
+
+Deno.test("tls: the handshake that explains a failure without a reason says what TLS said, and nothing when etcd answers", async (t) => {
+  const pki = await makePki();
+  const other = await makePki();
+  const b = (text: string) => Buffer.from(text);
+  try {
+    await using etcd = await startTlsEtcd(pki);
+    const cases: [string, EtcdTlsCredentials, RegExp | undefined][] = [
+      [
+        "etcd answers",
+        new EtcdTlsCredentials(b(pki.ca), b(pki.clientKey), b(pki.clientCert)),
+        undefined,
+      ],
+      ["no client certificate", new EtcdTlsCredentials(b(pki.ca)), /bad ?certificate/i],
+      ["a CA that did not sign etcd's", new EtcdTlsCredentials(b(other.ca)), /unable to verify/],
+    ];
+    for (const [name, credentials, expected] of cases) {
+      await t.step(name, async () => {
+        const said = await credentials.handshake(etcd.endpoint, 5000);
+        if (expected) assert.match(said ?? "(nothing)", expected);
+        else assert.equal(said, undefined);
+      });
+    }
+    // A TLS server that closes after the handshake, and one that never answers.
+    for (
+      const [name, onConnect, expected] of [
+        ["closed without a word", (socket: TLSSocket) => socket.end(), CLOSED_UNANSWERED],
+        ["no answer within the wait", () => {}, undefined],
+      ] as const
+    ) {
+      await t.step(name, async () => {
+        const sockets = new Set<TLSSocket>();
+        const server = createTlsServer({ cert: pki.serverCert, key: pki.serverKey }, (socket) => {
+          sockets.add(socket);
+          socket.on("error", () => {});
+          onConnect(socket);
+        });
+        await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+        try {
+          const { port } = server.address() as { port: number };
+          const said = await new EtcdTlsCredentials(b(pki.ca)).handshake(
+            `https://localhost:${port}`,
+            300,
+          );
+          assert.equal(said, expected);
+        } finally {
+          for (const socket of sockets) socket.destroy();
+          await new Promise((resolve) => server.close(resolve));
+        }
+      });
+    }
   } finally {
     await pki.close();
     await other.close();

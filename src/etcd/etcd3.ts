@@ -17,6 +17,9 @@ import { checkTlsMaterial, clientCertProblem, type Pem, pem } from "./tls_materi
 
 export type { Pem } from "./tls_material.ts";
 
+/** How long the one-off TLS handshake that explains a failure waits for etcd, at most, in ms. */
+const HANDSHAKE_MS = 3000;
+
 /** Options of {@linkcode connect}. */
 export interface ConnectOptions {
   /** etcd client URLs or `host:port`s, e.g. `"http://127.0.0.1:2379"`. */
@@ -140,5 +143,14 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
     ca: tls?.ca !== undefined,
     clientCert,
   };
-  return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username);
+  // For a TLS failure that grpc-js reports without a reason: ask each host in turn.
+  const tlsCredentials = credentials;
+  const handshake = tlsCredentials && (async () => {
+    for (const { origin } of urls) {
+      const said = await tlsCredentials.handshake(origin, Math.min(dialTimeout, HANDSHAKE_MS));
+      if (said !== undefined) return said;
+    }
+    return undefined;
+  });
+  return new Etcd3Client(etcd, hosts, true, dialTimeout, tlsMode, auth?.username, handshake);
 }

@@ -31,7 +31,7 @@ import {
   type WatchOptions,
 } from "./client.ts";
 import { Etcd3Pool, type PoolHost, type Stream } from "./etcd3_internals.ts";
-import { explainText, type TlsMode } from "./explain.ts";
+import { explainText, saysNoReason, type TlsMode } from "./explain.ts";
 import { prefixEnd } from "./gateway.ts";
 
 function toKeyValue(kv: IKeyValue): KeyValue {
@@ -63,6 +63,9 @@ export class Etcd3Client implements EtcdClient {
   readonly #timeout: number;
   readonly #tls: TlsMode;
   readonly #user: string | undefined;
+  readonly #handshake: (() => Promise<string | undefined>) | undefined;
+  /** The handshake under way, shared by the calls that fail meanwhile. */
+  #handshaking: Promise<string | undefined> | undefined;
   /** Hosts whose stream just hung or failed, and until when new streams avoid them. */
   readonly #avoid = new Map<PoolHost, number>();
   /** The queues of open watches, failed at once by `close()`. */
@@ -76,6 +79,8 @@ export class Etcd3Client implements EtcdClient {
    * @param timeout the deadline of unary calls, in ms
    * @param tls the TLS set-up, for explaining failures
    * @param user the user name given in `auth`, for messages
+   * @param handshake a one-off TLS handshake with etcd that says why it fails,
+   *   for the failures that grpc-js reports without a reason
    */
   constructor(
     etcd: Etcd3,
@@ -84,6 +89,7 @@ export class Etcd3Client implements EtcdClient {
     timeout: number,
     tls: TlsMode = { secure: false, ca: false },
     user?: string,
+    handshake?: () => Promise<string | undefined>,
   ) {
     this.#etcd = etcd;
     this.#pool = new Etcd3Pool(etcd);
@@ -92,6 +98,7 @@ export class Etcd3Client implements EtcdClient {
     this.#timeout = timeout;
     this.#tls = tls;
     this.#user = user;
+    this.#handshake = handshake;
     if (owned) {
       // Unary calls too (etcd3's exec and its retries) try hosts in our order, so that a
       // put or a grant does not wait out its deadline on a member a stream found frozen.
@@ -124,7 +131,7 @@ export class Etcd3Client implements EtcdClient {
       if (error instanceof EtcdPermissionDeniedError) {
         throw new PermissionDeniedError(operation, this.#user, { cause: error });
       }
-      throw this.#explain(error);
+      throw await this.#explain(error);
     }
   }
 
@@ -193,8 +200,10 @@ export class Etcd3Client implements EtcdClient {
   /**
    * Says in plain words what a connection error means: TLS and auth failures
    * read as such, and an open circuit breaker names the failure that opened it.
+   * A TLS failure that grpc-js reports without a reason (the call that
+   * authenticates does) is explained by what a handshake of our own says.
    */
-  #explain(error: unknown): unknown {
+  async #explain(error: unknown): Promise<unknown> {
     if (!(error instanceof Error)) return error;
     if (isBrokenCircuitError(error)) {
       const last = this.#lastFailure;
@@ -204,8 +213,18 @@ export class Etcd3Client implements EtcdClient {
         })
         : error;
     }
-    const text = error.message;
-    const hint = explainText(text, this.#tls);
+    let text = error.message;
+    let hint = explainText(text, this.#tls);
+    if (this.#handshake && this.#tls.secure && saysNoReason(text)) {
+      this.#handshaking ??= this.#handshake().catch(() => undefined).finally(() => {
+        this.#handshaking = undefined;
+      });
+      const said = await this.#handshaking;
+      if (said !== undefined) {
+        hint = explainText(said, this.#tls) ?? hint;
+        text = `${text} (a TLS handshake of its own with etcd: ${said})`;
+      }
+    }
     const explained = error instanceof EtcdAuthenticationFailedError
       ? new AuthenticationError(this.#user ?? "", { cause: error })
       : this.#user === undefined && /user name is empty/.test(text)

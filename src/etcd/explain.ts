@@ -20,23 +20,46 @@ export interface TlsMode {
 }
 
 /**
+ * What the adapter's one-off TLS handshake with etcd reports when etcd closes
+ * the connection without an alert or an answer.
+ */
+export const CLOSED_UNANSWERED = "etcd closed the TLS connection without answering";
+
+/**
+ * Whether an error text gives no reason at all: grpc-js's "No connection
+ * established. Last error: null", which is what etcd3's call to authenticate
+ * fails with whatever the TLS handshake said. A TLS client then asks etcd for
+ * a handshake of its own to learn why, and explains that instead.
+ *
+ * @param text the error's message
+ * @returns whether the text says nothing about the cause
+ */
+export function saysNoReason(text: string): boolean {
+  return /No connection established\. Last error: null/.test(text);
+}
+
+/**
  * The hint that explains an error text from etcd3 and grpc-js, or `undefined`
  * when the text needs none.
  *
  * etcd aborts a TLS handshake it rejects; the client then sees the alert
- * (Node and Deno: "bad certificate", "certificate required"; Bun:
- * `SSLV3_ALERT_BAD_CERTIFICATE`), or only EPIPE or ECONNRESET when its own
- * write loses the race, or, when the failed connection was etcd3's call to
- * authenticate, grpc-js's "No connection established. Last error: null". Each
- * way, the certificates are the suspects.
+ * (Node: "ssl/tls alert bad certificate"; Deno: "received fatal alert:
+ * BadCertificate"; Bun: `SSLV3_ALERT_BAD_CERTIFICATE`; "certificate
+ * required" from other servers), or only EPIPE or ECONNRESET when its own
+ * write loses the race, or {@linkcode CLOSED_UNANSWERED} from the adapter's
+ * own handshake. When the failed connection was etcd3's call to authenticate,
+ * grpc-js says only "No connection established. Last error: null" (see
+ * {@linkcode saysNoReason}): then etcd may be down as well, and the text alone
+ * cannot tell which (the adapter asks a handshake of its own).
  *
  * @param text the error's message
  * @param tls the client's TLS set-up
  * @returns the hint, to put before the text
  */
 export function explainText(text: string, tls: TlsMode): string | undefined {
-  const aborted = /EPIPE|ECONNRESET|bad[ _]?certificate|certificate[ _]?required|handshake failure/i
-    .test(text);
+  const aborted =
+    /EPIPE|ECONNRESET|bad[ _]?certificate|certificate[ _]?required|handshake failure/i.test(text) ||
+    text.includes(CLOSED_UNANSWERED);
   if (/unable to verify|self[- _]signed|certificate verify failed|unknown[ _]?ca/i.test(text)) {
     return tls.ca
       ? "etcd's server certificate is not signed by the CA given in tls.ca"
@@ -65,7 +88,7 @@ export function explainText(text: string, tls: TlsMode): string | undefined {
     return "etcd closed the connection before the TLS handshake completed; " +
       "if it serves plain text, give http:// hosts";
   }
-  if (/No connection established\. Last error: null/.test(text)) {
+  if (saysNoReason(text)) {
     // grpc-js kept no reason (etcd3's authenticate call): etcd may be down as well.
     const problem = tls.clientCert?.();
     if (problem) {

@@ -16,7 +16,7 @@
  *
  * @module
  */
-import type { Buffer } from "node:buffer";
+import { Buffer } from "node:buffer";
 import { isIP } from "node:net";
 import {
   checkServerIdentity,
@@ -25,6 +25,7 @@ import {
   type SecureContext,
 } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
+import { CLOSED_UNANSWERED } from "./explain.ts";
 
 type CreateConnector = grpc.ChannelCredentials["_createSecureConnector"];
 type SecureConnector = ReturnType<CreateConnector>;
@@ -64,6 +65,12 @@ function serverName(target: ChannelTarget, options: grpc.ChannelOptions): string
   return targetHost(typeof proxied === "string" ? uriPath(proxied) : target.path);
 }
 
+/** What a client sends first on an HTTP/2 connection: the preface, then empty SETTINGS. */
+const HTTP2_PREFACE = Buffer.concat([
+  Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+  Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]),
+]);
+
 /** Channel credentials for TLS to etcd (see the module documentation). */
 export class EtcdTlsCredentials extends grpc.ChannelCredentials {
   readonly #context: SecureContext;
@@ -76,6 +83,52 @@ export class EtcdTlsCredentials extends grpc.ChannelCredentials {
   constructor(ca?: Buffer, key?: Buffer, cert?: Buffer) {
     super();
     this.#context = createSecureContext({ ca, key, cert });
+  }
+
+  /**
+   * Opens one TLS connection to etcd at `origin` with these credentials, sends
+   * the HTTP/2 connection preface and waits for etcd's first answer. For a
+   * failure that grpc-js reports without a reason ("Last error: null", as the
+   * call that authenticates does): this says why the handshake fails.
+   *
+   * @param origin etcd's `https://host:port`
+   * @param ms how long to wait for an answer
+   * @returns why the handshake failed or etcd closed the connection, in the
+   *   runtime's own words; `undefined` when etcd answered or nothing happened
+   *   within `ms`
+   */
+  handshake(origin: string, ms: number): Promise<string | undefined> {
+    const url = new URL(origin);
+    const name = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    const context = this.#context;
+    return new Promise((resolve) => {
+      let outcome: string | undefined;
+      let decided = false;
+      const decide = (why: string | undefined) => {
+        if (decided) return;
+        decided = true;
+        outcome = why;
+        clearTimeout(timer);
+        socket.destroy();
+      };
+      const socket = connectTls({
+        host: name,
+        port: Number(url.port || 443),
+        secureContext: context,
+        ALPNProtocols: ["h2"],
+        servername: isIP(name) ? undefined : name,
+        checkServerIdentity: (_host, cert) => checkServerIdentity(name, cert),
+      }, () => socket.write(HTTP2_PREFACE));
+      const timer = setTimeout(() => decide(undefined), ms);
+      socket.once("data", () => decide(undefined));
+      socket.once("error", (error: Error) => decide(error.message.trim()));
+      socket.once("end", () => decide(CLOSED_UNANSWERED));
+      // Resolve once the socket is released, whatever happened.
+      socket.once("close", () => {
+        decide(CLOSED_UNANSWERED);
+        resolve(outcome);
+      });
+    });
   }
 
   /** Always secure. */
