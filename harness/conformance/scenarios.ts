@@ -31,6 +31,7 @@ import { type GreeterProcess, spawnGreeter } from "../greeter_process.ts";
 import { Greeter, sayHello, startLoneGreeter } from "../greeter.ts";
 import { describeOutcome, probeAuthority } from "../http2_probe.ts";
 import { TcpProxy } from "../tcp_proxy.ts";
+import { makePki, ROOT_PASSWORD, startSecureEtcd, type TestPki } from "../tls.ts";
 import { Load, untilAllAnswer } from "../load.ts";
 import { currentRuntime, type RuntimeName, scriptCommand } from "../runtime.ts";
 import { until } from "../wait.ts";
@@ -372,6 +373,89 @@ async function script(args: readonly string[]): Promise<string> {
   return `printed ${lines.length} line(s) as documented`;
 }
 
+/** A TLS set-up that an etcd with `--client-cert-auth` refuses, and the hint it must get. */
+interface Refusal {
+  readonly name: string;
+  readonly tls: (pki: TestPki, other: TestPki) => { ca: string; cert?: string; key?: string };
+  readonly hint: string;
+}
+
+/**
+ * The TLS set-ups that an etcd with `--client-cert-auth` refuses, and the
+ * hint that the error of `register()` must carry: the same on every runtime,
+ * with auth on or off.
+ */
+export const TLS_REFUSALS: readonly Refusal[] = [
+  {
+    name: "no client certificate",
+    tls: (pki) => ({ ca: pki.ca }),
+    hint: "etcd closed the TLS connection; it may require a client certificate " +
+      "(tls.cert and tls.key were not given)",
+  },
+  {
+    name: "a client certificate from another CA",
+    tls: (pki, other) => ({ ca: pki.ca, cert: other.clientCert, key: other.clientKey }),
+    hint: "etcd rejected the client certificate: the one in tls.cert (CN=client) was not " +
+      "issued by the CA in tls.ca; etcd must trust its issuer (--trusted-ca-file)",
+  },
+  {
+    name: "a CA that did not sign etcd's certificate",
+    tls: (pki, other) => ({ ca: other.ca, cert: pki.clientCert, key: pki.clientKey }),
+    hint: "etcd's server certificate is not signed by the CA given in tls.ca",
+  },
+];
+
+/**
+ * An etcd with `--client-cert-auth` (and auth on, with `"auth"`) refuses each
+ * of {@linkcode TLS_REFUSALS}: `register()` gives up at its timeout, on the
+ * connection's failure (UNAVAILABLE; not a deadline: calls have 30 s), with
+ * the case's hint. Returns what the runtime said in each case.
+ */
+function tlsRefusals(mode: "plain" | "auth"): Scenario {
+  return async () => {
+    const timeout = 2000;
+    const pki = await makePki();
+    const other = await makePki();
+    const seen: string[] = [];
+    const wrong: string[] = [];
+    try {
+      await using etcd = await startSecureEtcd({ pki, auth: mode === "auth" });
+      const prefix = `register(): could not register "tls/svc/10.0.0.1:50051" on etcd at ` +
+        `${etcd.endpoint} within ${timeout} ms: `;
+      for (const refusal of TLS_REFUSALS) {
+        await using client = connect({
+          hosts: etcd.endpoint,
+          tls: refusal.tls(pki, other),
+          auth: mode === "auth" ? { username: "root", password: ROOT_PASSWORD } : undefined,
+          dialTimeout: 30_000,
+        });
+        const start = Date.now();
+        const message = await register(client, "tls/svc", { addr: "10.0.0.1:50051" }, {
+          timeout,
+          onError: () => {},
+        }).then(
+          async (registration) => {
+            await registration.close();
+            return "registered";
+          },
+          (e: Error) => e.message,
+        );
+        const ms = Date.now() - start;
+        const expected = `${prefix}${refusal.hint}: `;
+        if (!message.startsWith(expected) || !/\bUNAVAILABLE\b/.test(message)) {
+          wrong.push(`${refusal.name}: expected "${expected}… UNAVAILABLE …", got "${message}"`);
+        }
+        seen.push(`${refusal.name} (${ms} ms): ${message.replace(expected, "")}`);
+      }
+    } finally {
+      await pki.close();
+      await other.close();
+    }
+    if (wrong.length > 0) throw new Error(wrong.join("\n"));
+    return seen.join(" | ");
+  };
+}
+
 /** The prefix of the result line that `main.ts` prints for a scenario. */
 export const RESULT_PREFIX = "CONFORMANCE ";
 
@@ -386,5 +470,7 @@ export const SCENARIOS: Readonly<Record<string, Scenario>> = {
   "graceful-close": gracefulClose,
   "sigkill": sigkill,
   "authority": authority,
+  "tls-refused": tlsRefusals("plain"),
+  "tls-refused-auth": tlsRefusals("auth"),
   "script": script,
 };
