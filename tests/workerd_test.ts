@@ -12,9 +12,9 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { register } from "../core.ts";
 import { connectFetch } from "../fetch.ts";
-import { freePort, startEtcd } from "./etcd_server.ts";
-import { TextLineStream } from "./text_lines.ts";
-import { until } from "./wait.ts";
+import { freePort, startEtcd } from "../harness/etcd_server.ts";
+import { TextLineStream } from "../harness/text_lines.ts";
+import { until } from "../harness/wait.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 /** What `.ci/run` installs. */
@@ -86,7 +86,7 @@ class Workerd implements AsyncDisposable {
     file: string,
     env: Record<string, string>,
   ): Promise<Workerd> {
-    const port = freePort();
+    const port = await freePort();
     const child = new Deno.Command(bin, {
       args: ["serve", file, "config", `--socket-addr=http=127.0.0.1:${port}`],
       cwd: dir,

@@ -146,7 +146,8 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
   // For a TLS failure that grpc-js reports without a reason: ask each host in turn.
   const tlsCredentials = credentials;
   const handshake = tlsCredentials && (async () => {
-    for (const { origin } of urls) {
+    for (const host of urls) {
+      const origin = originOf(host, true);
       const said = await tlsCredentials.handshake(origin, Math.min(dialTimeout, HANDSHAKE_MS));
       if (said !== undefined) return said;
     }
