@@ -1,9 +1,9 @@
 /**
  * `deno task example:secure`: the greeter service behind every protection the
- * README's "Security" section describes, on a private etcd.
+ * docs/security.md describes, on a private etcd.
  *
  * It makes a CA and certificates with `openssl`, starts etcd with mutual TLS
- * and auth on, and gives each party the README's RBAC role: the service
+ * and auth on, and gives each party its RBAC role (docs/security.md): the service
  * `payments.internal` writes its own prefix, the caller `checkout` only reads
  * it. Two instances serve over mutual TLS and register as `payments.internal`.
  * Then:
@@ -15,7 +15,7 @@
  * - `checkout` calls the service by name 200 times. Every call goes to the two
  *   real instances; `dial` reports why the rogue one gets none.
  *
- * Needs etcd, etcdctl and openssl (see the README's Prerequisites). Ends by
+ * Needs etcd, etcdctl and openssl (./test.sh installs them). Ends by
  * itself in a few seconds and removes its files.
  */
 import { connect, PermissionDeniedError, register } from "../mod.ts";
@@ -38,7 +38,7 @@ try {
   await using etcd = await startSecureEtcd({ pki, auth: true });
   console.log(`etcd: ${etcd.endpoint}, mutual TLS and auth on`);
 
-  // The README's RBAC commands: the service writes its prefix, the caller only reads it.
+  // The RBAC commands of docs/security.md: the service writes its prefix, the caller only reads it.
   await grantService(etcd.etcdctl, "payments", "payments-secret", `${SERVICE}/`, []);
   await grantService(etcd.etcdctl, "checkout", "checkout-secret", undefined, [`${SERVICE}/`]);
   console.log(`rbac: user "payments" writes ${SERVICE}/, user "checkout" only reads it`);

@@ -1,7 +1,7 @@
 /**
  * Harness: a throwaway CA, server and client certificates made with
  * `openssl`, a single etcd member that requires client certificates (and/or
- * has auth on, with the README's RBAC commands run through `etcdctl`), and
+ * has auth on, with the RBAC commands of docs/security.md run through `etcdctl`), and
  * gRPC credentials from those certificates. Built on `node:` APIs, so it runs
  * on Deno, Node and Bun.
  *
@@ -228,7 +228,7 @@ function findEtcdctl(): string {
 
 /**
  * Starts a single etcd member with TLS (client certificates required) and/or
- * auth turned on (through `etcdctl`, the commands the README documents).
+ * auth turned on (through `etcdctl`, the commands docs/security.md documents).
  *
  * @throws {Error} when etcd, etcdctl or openssl is missing (saying how to
  *   install it), or etcd does not come up within 15 s (with what it said)
@@ -352,7 +352,7 @@ export async function startImpostor(pki: TestPki, dnsName: string): Promise<Lone
   return await startLoneGreeter("rogue", { credentials });
 }
 
-/** The README's commands that turn auth on, with a root user. */
+/** The commands of docs/security.md that turn auth on, with a root user. */
 export async function enableAuth(
   etcdctl: (...args: string[]) => Promise<string>,
   rootPassword: string,
@@ -363,7 +363,7 @@ export async function enableAuth(
   await etcdctl("auth", "enable");
 }
 
-/** The README's RBAC commands: each service writes its own prefix and reads those it calls. */
+/** The RBAC commands of docs/security.md: each service writes its own prefix and reads those it calls. */
 export async function grantService(
   etcdctl: (...args: string[]) => Promise<string>,
   user: string,

@@ -578,8 +578,8 @@ Deno.test("auth: a wrong password, or none, fails at once saying so; the right o
   );
 });
 
-Deno.test("rbac: the README's etcdctl commands (auth on, then roles) are the ones the tests run", async () => {
-  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+Deno.test("rbac: the etcdctl commands of docs/security.md (auth on, then roles) are the ones the tests run", async () => {
+  const readme = await Deno.readTextFile(new URL("../docs/security.md", import.meta.url));
   const lines = readme.split("\n");
   const asRoot = "etcdctl --user root:ROOT_PASSWORD ";
   const documented = [

@@ -129,7 +129,7 @@ export class PermissionDeniedError extends Error {
     super(
       `etcd denied ${operation} to ${
         user === undefined ? "this client" : `user ${JSON.stringify(user)}`
-      }: permission denied (see the README's RBAC section)`,
+      }: permission denied (see RBAC in docs/security.md)`,
       options,
     );
     this.name = "PermissionDeniedError";
