@@ -6,9 +6,20 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { later, type Timer } from "../_async.ts";
+import { MAX_TIMER_MS } from "../_options.ts";
 import type { PickInfo } from "../balancers/balancer.ts";
 import type { Instance } from "./instance.ts";
 import { passedOnStatus } from "./status.ts";
+
+/**
+ * The furthest deadline forwarded to an instance, in ms from now. grpc-js
+ * servers read `grpc-timeout` with `| 0`, a 32-bit count of ms: a timeout past
+ * 2^31 - 1 ms would wrap negative there and end the call after 1 ms. grpc-js
+ * clients send a timeout of 10^8 ms or more in whole seconds, rounded up: so
+ * whole seconds below 2^31 ms (about 24.8 days). No gRPC server keeps a
+ * longer one anyway.
+ */
+export const MAX_FORWARDED_TIMEOUT_MS: number = Math.floor(MAX_TIMER_MS / 1000) * 1000;
 
 /** A call as grpc-js's `ChannelInterface` makes them. */
 export type Call = ReturnType<grpc.ChannelInterface["createCall"]>;
@@ -79,7 +90,14 @@ export class PickedCall implements Call {
   bind(instance: Instance): void {
     this.#timer?.clear();
     const [method, deadline, host, parent, flags] = this.#args;
-    const call = instance.channel.createCall(method, deadline, host, parent, flags);
+    const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+    const call = instance.channel.createCall(
+      method,
+      Number.isFinite(ms) ? Math.min(ms, Date.now() + MAX_FORWARDED_TIMEOUT_MS) : deadline,
+      host,
+      parent,
+      flags,
+    );
     this.#call = call;
     instance.inflight++;
     const listener = this.#listener!;
