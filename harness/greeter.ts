@@ -82,20 +82,42 @@ export interface Greeting extends Serving {
   crash(): void;
 }
 
+/** How a greeter behaves besides answering. */
+export interface GreeterBehaviour {
+  /** Added to every request's `delay_ms`. */
+  delayMs?: number;
+  /** Called on every call. */
+  onCall?: () => void;
+  /**
+   * Asked on every call: a status code to fail the call with (details
+   * `greeter <name> fails on purpose (call <n>)`, n counting the calls that
+   * reached it), or `undefined` to answer. Its health service is untouched.
+   */
+  failWith?: () => grpc.status | undefined;
+}
+
 /**
  * The greeter's implementation answering as `name`, after the request's
- * `delay_ms` plus `delayMs`, counting calls with `onCall`.
+ * `delay_ms` plus `delayMs`, counting calls with `onCall`, failing calls while
+ * `failWith` says so.
  */
 function greeterAs(
   name: string,
-  behaviour: { delayMs?: number; onCall?: () => void } = {},
+  behaviour: GreeterBehaviour = {},
 ): grpc.UntypedServiceImplementation {
+  let calls = 0;
   return {
     SayHello(
       call: grpc.ServerUnaryCall<HelloRequest, HelloReply>,
       callback: grpc.sendUnaryData<HelloReply>,
     ) {
+      calls++;
       behaviour.onCall?.();
+      const code = behaviour.failWith?.();
+      if (code !== undefined) {
+        callback({ code, details: `greeter ${name} fails on purpose (call ${calls})` });
+        return;
+      }
       const reply = () => callback(null, { message: `hello ${call.request.name}`, instance: name });
       const delay = (call.request.delay_ms ?? 0) + (behaviour.delayMs ?? 0);
       if (delay > 0) setTimeout(reply, delay);
@@ -155,7 +177,7 @@ export async function startGreeter(
   service: string,
   name: string,
   options: ServeOptions = {},
-  behaviour: { delayMs?: number; onCall?: () => void } = {},
+  behaviour: GreeterBehaviour = {},
 ): Promise<Greeting> {
   const server = new grpc.Server();
   server.addService(Greeter.service, greeterAs(name, behaviour));
