@@ -49,3 +49,15 @@ Deno.test("Reports keeps time by a monotonic clock: a wall clock set back mutes 
     Date.now = now;
   }
 });
+
+Deno.test("Reports.event passes every event on, however recent the same one, and survives a throwing handler", () => {
+  const seen: string[] = [];
+  const reports = new Reports((error) => seen.push(error.message), 60_000, () => 0);
+  reports.report(new Error("switch"));
+  reports.event(new Error("switch"));
+  reports.event(new Error("switch"));
+  assert.deepEqual(seen, ["switch", "switch", "switch"]);
+  new Reports(() => {
+    throw new Error("handler");
+  }).event(new Error("a"));
+});

@@ -36,6 +36,15 @@ export class Reports {
     this.#now = now;
   }
 
+  /** Reports an event (a switch of state, say) at once, however recently it was reported. */
+  event(error: Error): void {
+    try {
+      this.#onError(error);
+    } catch {
+      // A throwing handler must not break the client.
+    }
+  }
+
   /** Reports `error` unless its message was reported within the window. */
   report(error: Error): void {
     const now = this.#now();
