@@ -36,5 +36,6 @@
  * @module
  */
 export { type ClientConstructor, dial, type DialOptions } from "./src/grpc/dial.ts";
+export type { Locality } from "./src/grpc/selection.ts";
 export { serve, type ServeOptions, type Serving } from "./src/grpc/serve.ts";
 export { registerEtcdResolver } from "./src/grpc/resolver.ts";

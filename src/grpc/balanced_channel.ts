@@ -1,7 +1,9 @@
 /**
  * The `ChannelInterface` under a dialed client: one grpc-js channel per
  * instance (kept connected, as gRPC's round_robin does), the instances folded
- * from `resolve()`, and a picker over the READY ones for every call.
+ * from `resolve()` (those `filter` accepts), outlier detection's sweeps, and a
+ * picker over the READY ones (of the local zone, with `locality`) that every
+ * call's attempts pick from.
  *
  * @module
  */
@@ -19,8 +21,13 @@ import { type Resolution, resolve } from "../resolve.ts";
 import { explainFailure } from "./failure_probe.ts";
 import { HealthWatch } from "./health_watch.ts";
 import { Instance } from "./instance.ts";
-import { type Call, type CallRouter, type CreateCallArgs, PickedCall } from "./picked_call.ts";
+import { OutlierDetector } from "./outlier_detection.ts";
+import type { Call, CreateCallArgs, PickedCall } from "./picked_call.ts";
 import { Reports } from "./reports.ts";
+import { RetryBuffer, RetryThrottle } from "./retry.ts";
+import { RetryingCall, type RetryRouter } from "./retrying_call.ts";
+import { accepts, type Locality, preferZone, zoneOf } from "./selection.ts";
+import type { ServiceConfig } from "./service_config.ts";
 
 const { IDLE, CONNECTING, READY, TRANSIENT_FAILURE, SHUTDOWN } = grpc.connectivityState;
 type State = grpc.connectivityState;
@@ -39,6 +46,18 @@ export interface ChannelSettings {
   readonly onError: (error: Error) => void;
   /** Closes the channel when aborted. */
   readonly signal: AbortSignal | undefined;
+  /** The service config (retries, timeouts, outlier detection). */
+  readonly serviceConfig: ServiceConfig;
+  /** Whether calls are retried at all (`grpc.enable_retries` is not 0). */
+  readonly retries: boolean;
+  /** What retrying calls may keep to replay, in all and per call, in bytes. */
+  readonly retryBuffer: { readonly total: number; readonly perCall: number };
+  /** Only endpoints it accepts become instances. */
+  readonly filter: ((endpoint: Endpoint) => boolean) | undefined;
+  /** The local zone to prefer. */
+  readonly locality: Locality | undefined;
+  /** The paths of the methods whose response is one message (from the client class). */
+  readonly singleResponse: ReadonlySet<string>;
 }
 
 /** A `watchConnectivityState` caller waiting for a change. */
@@ -49,7 +68,7 @@ interface StateWatcher {
 }
 
 /** The channel under a dialed client. */
-export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
+export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
   readonly #target: string;
   readonly #service: string;
   readonly #settings: ChannelSettings;
@@ -66,7 +85,20 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
   #picker: Picker = () => undefined;
   /** Why the balancer could not build a picker for the current instances, if it could not. */
   #pickerError: Error | undefined;
+  /** The instances the picker was built over. */
+  #chosen: readonly Instance[] = [];
   #ready = 0;
+  /** Calls waiting to retry, ended by `close()`. */
+  readonly #backingOff = new Set<RetryingCall>();
+  readonly #detector: OutlierDetector | undefined;
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Whether calls stay in the local zone, as last reported (with `locality`). */
+  #local: boolean | undefined;
+  /** Keys whose endpoint `filter` left out. */
+  readonly #leftOut = new Set<string>();
+  readonly throttle: RetryThrottle | undefined;
+  readonly buffer: RetryBuffer;
+  readonly random: () => number = Math.random;
   #loaded = false;
   /** Why resolution failed, while it has never succeeded (gRPC: TRANSIENT_FAILURE then). */
   #resolverError: Error | undefined;
@@ -87,6 +119,17 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
     this.#settings = settings;
     this.#hosts = client.hosts;
     this.#reports = new Reports(settings.onError);
+    const { retryThrottling, outlierDetection } = settings.serviceConfig;
+    this.throttle = retryThrottling ? new RetryThrottle(retryThrottling) : undefined;
+    this.buffer = new RetryBuffer(settings.retryBuffer.total, settings.retryBuffer.perCall);
+    if (outlierDetection) {
+      const detector = new OutlierDetector(outlierDetection);
+      // gRFC A50: without an ejection algorithm, nothing is counted and nothing swept.
+      if (detector.counting) {
+        this.#detector = detector;
+        this.#armSweep();
+      }
+    }
     settings.signal?.addEventListener("abort", this.#onAbort, { once: true });
     this.#resolution = resolve(client, service, {
       onError: (error) => {
@@ -118,6 +161,13 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
   }
 
   #add(key: string, endpoint: Endpoint): void {
+    const filter = this.#settings.filter;
+    if (filter && !accepts(filter, endpoint, (error) => this.#report(error))) {
+      // Left out: no instance, no connection (and one that no longer passes goes).
+      this.#remove(key);
+      this.#leftOut.add(key);
+      return;
+    }
     const old = this.#instances.get(key);
     if (old && old.endpoint.addr === endpoint.addr) {
       this.#byEndpoint.delete(old.endpoint);
@@ -174,6 +224,7 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
   }
 
   #remove(key: string): void {
+    this.#leftOut.delete(key);
     const instance = this.#instances.get(key);
     if (!instance) return;
     this.#instances.delete(key);
@@ -194,10 +245,57 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
     instance.channel.close();
   }
 
-  /** Called when a call on `instance` ended. */
-  finished(instance: Instance): void {
+  /** Called when an attempt on `instance` ended. */
+  finished(instance: Instance, code: grpc.status, counted: boolean): void {
     instance.inflight--;
+    if (counted && this.#detector) {
+      if (code === grpc.status.OK) instance.outlier.ok++;
+      else instance.outlier.failed++;
+    }
     if (instance.removed && instance.inflight === 0) this.#closeInstance(instance);
+  }
+
+  /** The channel is closed. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Whether calls are retried at all. */
+  get retries(): boolean {
+    return this.#settings.retries;
+  }
+
+  backingOff(call: RetryingCall, waiting: boolean): void {
+    if (waiting) this.#backingOff.add(call);
+    else this.#backingOff.delete(call);
+  }
+
+  #armSweep(): void {
+    const interval = this.#settings.serviceConfig.outlierDetection!.intervalMs;
+    // An interval of 0 (which grpc-js accepts) sweeps once per millisecond, not in a busy loop.
+    this.#sweepTimer = setTimeout(
+      () => this.#sweep(),
+      Math.min(Math.max(1, interval), 2 ** 31 - 1),
+    );
+  }
+
+  /** gRFC A50's timer: one sweep over every instance, then the next in one interval. */
+  #sweep(): void {
+    if (this.#closed) return;
+    const { ejected, returned } = this.#detector!.sweep([...this.#instances.values()], Date.now());
+    for (const { target, by, calls, failed, forMs } of ejected) {
+      this.#report(
+        new Error(
+          `${target.describe()} is ejected by outlier detection (${by}: ${failed} of ${calls} ` +
+            `calls failed in the last interval); it gets no calls for ${forMs} ms`,
+        ),
+      );
+    }
+    for (const instance of returned) {
+      this.#report(new Error(`${instance.describe()} is back from its outlier ejection`));
+    }
+    if (ejected.length > 0 || returned.length > 0) this.#scheduleRebuild();
+    this.#armSweep();
   }
 
   /**
@@ -214,11 +312,40 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
 
   #rebuild(): void {
     if (this.#closed) return;
-    const ready: Instance[] = [];
+    let ready: readonly Instance[] = [];
+    const all: Instance[] = [];
     for (const instance of this.#instances.values()) {
-      if (instance.effectiveState() === READY) ready.push(instance);
+      if (instance.effectiveState() === READY) all.push(instance);
+    }
+    ready = all;
+    const locality = this.#settings.locality;
+    if (locality && all.length > 0) {
+      const choice = preferZone(all, this.#instances.values(), locality);
+      ready = choice.chosen;
+      // At start-up, wait for the zone's instances to connect before reporting a choice.
+      const settling = this.#local === undefined && !choice.local &&
+        [...this.#instances.values()].some((instance) =>
+          zoneOf(instance.endpoint) === locality.zone &&
+          (instance.state === CONNECTING || instance.state === IDLE)
+        );
+      if (!settling && choice.local !== this.#local) {
+        if (this.#local !== undefined || !choice.local) {
+          const zone = JSON.stringify(locality.zone);
+          // Every switch is told, not muted as a repeated problem would be.
+          this.#reports.event(
+            new Error(
+              `locality: ${choice.localReady} of ${choice.localTotal} instances in zone ${zone} ` +
+                `are ready (minReady ${choice.minReady}): ${
+                  choice.local ? `calls stay in zone ${zone}` : "calls go to every zone"
+                }`,
+            ),
+          );
+        }
+        this.#local = choice.local;
+      }
     }
     this.#ready = ready.length;
+    this.#chosen = ready;
     try {
       this.#picker = this.#settings.balancer(ready.map((instance) => instance.endpoint), {
         inflight: (endpoint) => this.#byEndpoint.get(endpoint)?.inflight ?? 0,
@@ -280,7 +407,11 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
     }
     if (this.#ready > 0) {
       const endpoint = this.#picker(call.info);
-      const instance = endpoint && this.#instanceOf(endpoint);
+      let instance = endpoint && this.#instanceOf(endpoint);
+      const avoid = call.avoid;
+      if (avoid && instance && avoid.includes(instance)) {
+        instance = this.#another(avoid) ?? instance;
+      }
       if (instance && instance.effectiveState() === READY) {
         this.#queue.delete(call);
         call.bind(instance);
@@ -306,13 +437,32 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
       return;
     }
     this.#queue.add(call);
+    call.waiting();
+  }
+
+  /**
+   * A ready instance of the picker's list that is not in `avoid`, for a retry
+   * (gRFC A6: a retry should go to another instance when it can), or none.
+   */
+  #another(avoid: readonly Instance[]): Instance | undefined {
+    const list = this.#chosen;
+    const start = Math.floor(this.random() * list.length);
+    for (let i = 0; i < list.length; i++) {
+      const candidate = list[(start + i) % list.length]!;
+      if (!avoid.includes(candidate) && candidate.effectiveState() === READY) return candidate;
+    }
+    return undefined;
   }
 
   /** Why a call cannot be picked an instance now (the channel is in TRANSIENT_FAILURE). */
   #unavailable(): string {
     const service = JSON.stringify(this.#service);
     const error = this.#resolverError;
-    if (!error) return `grpc-etcd: no ready instance of ${service} (${this.#instances.size} known)`;
+    if (!error) {
+      return `grpc-etcd: no ready instance of ${service} (${this.#instances.size} known${
+        this.#leftOut.size > 0 ? `, ${this.#leftOut.size} left out by filter` : ""
+      })`;
+    }
     const etcd = `etcd at ${this.#hosts.join(", ")}`;
     const why = error instanceof ClientClosedError
       ? "the etcd client is closed"
@@ -341,7 +491,14 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
   }
 
   createCall(...args: CreateCallArgs): Call {
-    return new PickedCall(this, args);
+    const settings = this.#settings;
+    const method = args[0];
+    return new RetryingCall(
+      this,
+      settings.serviceConfig.methodPolicy(method),
+      settings.singleResponse.has(method),
+      args,
+    );
   }
 
   getTarget(): string {
@@ -391,6 +548,9 @@ export class BalancedChannel implements grpc.ChannelInterface, CallRouter {
     this.#byEndpoint.clear();
     this.#byAddr.clear();
     clearTimeout(this.#rebuildTimer);
+    clearTimeout(this.#sweepTimer);
+    for (const call of [...this.#backingOff]) call.abort(grpc.status.UNAVAILABLE, "Channel closed");
+    this.#backingOff.clear();
     this.#setState(SHUTDOWN);
     for (const watcher of this.#watchers) watcher.timer?.clear();
     this.#watchers.clear();

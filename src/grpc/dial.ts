@@ -11,6 +11,9 @@
  * that instance's channel ({@linkcode PickedCall}). Calls that find no READY
  * instance wait (while instances are connecting, or with `waitForReady` until
  * their deadline) or fail fast with UNAVAILABLE, as gRPC's own round_robin does.
+ * Each call is a `RetryingCall` (retrying_call.ts), retried as the service config in
+ * `channelOptions["grpc.service_config"]` says; with `outlier_detection` in
+ * it, instances that fail too many calls are ejected for a while.
  * This file checks the options and wires the parts.
  *
  * @module
@@ -18,9 +21,11 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Balancer } from "../balancers/balancer.ts";
 import { roundRobin } from "../balancers/round_robin.ts";
-import { checkService } from "../endpoint.ts";
+import { checkService, type Endpoint } from "../endpoint.ts";
 import type { EtcdClient } from "../etcd/client.ts";
 import { BalancedChannel } from "./balanced_channel.ts";
+import { checkLocality, type Locality } from "./selection.ts";
+import { DEFAULT_MAX_ATTEMPTS_LIMIT, parseServiceConfig } from "./service_config.ts";
 
 /** Options of {@linkcode dial}. */
 export interface DialOptions {
@@ -47,8 +52,33 @@ export interface DialOptions {
    * grpc-js options for each per-instance channel. With TLS credentials, the
    * server name options (`grpc.ssl_target_name_override`,
    * `grpc.default_authority`) are refused: use `serverName`.
+   *
+   * `"grpc.service_config"` is read by `dial()` itself, with grpc-js's rules
+   * (it is not passed on): per method (`methodConfig`), a `retryPolicy`
+   * (gRFC A6; another instance is tried when one is ready), a `timeout` and a
+   * `waitForReady` default; `retryThrottling`; and in `loadBalancingConfig`, an
+   * `outlier_detection` entry (gRFC A50) ejects failing instances for a while,
+   * with `balancer` as its child policy. `"grpc.enable_retries": 0` turns
+   * every retry off, transparent ones too; `"grpc-node.retry_max_attempts_limit"`
+   * caps `maxAttempts` (default 5); `"grpc.retry_buffer_size"` and
+   * `"grpc.per_rpc_retry_buffer_size"` bound what calls keep to replay (16 MiB
+   * and 1 MiB). See docs/load_balancing.md.
    */
   readonly channelOptions?: grpc.ChannelOptions;
+  /**
+   * Only endpoints it returns true for get calls, and a connection: e.g.
+   * `(e) => (e.metadata as { version?: string })?.version === "2"`. Asked again
+   * when an endpoint's value in etcd changes. An endpoint it throws for is left
+   * out and reported. Default: every endpoint.
+   */
+  readonly filter?: (endpoint: Endpoint) => boolean;
+  /**
+   * Prefer instances in the local zone (`metadata.zone` equal to `zone`): calls
+   * go to the zone's ready instances while at least `minReady` of them are
+   * ready (default: a third of the zone's instances, at least 1), else to the
+   * ready instances of every zone. Each switch is reported to `onError`.
+   */
+  readonly locality?: Locality;
   /** Closes the client when aborted. */
   readonly signal?: AbortSignal;
   /**
@@ -82,7 +112,11 @@ const DNS_NAME =
  * unreachable, say) fails such calls at once with UNAVAILABLE naming etcd's
  * hosts and the reason; after it, a resolver error keeps the last known
  * instances. A call cut off by a broken connection fails UNAVAILABLE.
- * `client.close()` releases the watch and every connection.
+ * A call that never reached a server (its instance's connection broke just
+ * before) is retried once on another instance; the service config in
+ * `channelOptions["grpc.service_config"]` adds retry policies, timeouts and
+ * outlier detection (see `channelOptions`). `client.close()` releases the
+ * watch, every connection and every timer.
  *
  * @example
  * ```ts ignore
@@ -95,13 +129,65 @@ const DNS_NAME =
  * greeter.SayHello({ name: "etcd" }, (err, reply) => console.log(err ?? reply));
  * ```
  *
+ * @example Retries, outlier ejection, a version filter and the local zone first
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as grpc from "@grpc/grpc-js";
+ * import { dial } from "@seed/grpc-etcd/grpc";
+ * import { memoryClient } from "@seed/grpc-etcd/testing";
+ *
+ * const Echo = grpc.makeGenericClientConstructor({}, "Echo");
+ * await using etcd = memoryClient();
+ * const serviceConfig = {
+ *   methodConfig: [{
+ *     name: [{ service: "demo.Echo" }],
+ *     timeout: "2s",
+ *     retryPolicy: {
+ *       maxAttempts: 3,
+ *       initialBackoff: "0.1s",
+ *       maxBackoff: "1s",
+ *       backoffMultiplier: 2,
+ *       retryableStatusCodes: ["UNAVAILABLE"],
+ *     },
+ *   }],
+ *   retryThrottling: { maxTokens: 10, tokenRatio: 0.1 },
+ *   loadBalancingConfig: [{
+ *     outlier_detection: {
+ *       interval: { seconds: 10, nanos: 0 },
+ *       base_ejection_time: { seconds: 30, nanos: 0 },
+ *       failure_percentage_ejection: { threshold: 50, minimum_hosts: 3, request_volume: 20 },
+ *       child_policy: [{ round_robin: {} }],
+ *     },
+ *   }],
+ * };
+ * const echo = dial(etcd, "svc/echo", Echo, {
+ *   channelOptions: { "grpc.service_config": JSON.stringify(serviceConfig) },
+ *   filter: (endpoint) => (endpoint.metadata as { version?: string })?.version === "2",
+ *   locality: { zone: "eu-west-1a" },
+ * });
+ * echo.close();
+ * // A config grpc-js would refuse is refused here, naming the field and the value.
+ * assert.throws(
+ *   () =>
+ *     dial(etcd, "svc/echo", Echo, {
+ *       channelOptions: {
+ *         "grpc.service_config": JSON.stringify({ retryThrottling: { maxTokens: 0, tokenRatio: 1 } }),
+ *       },
+ *     }),
+ *   /retryThrottling\.maxTokens must be a number in \(0, 1000\], got 0/,
+ * );
+ * ```
+ *
  * @param client the etcd client
  * @param service the service name the servers registered under
  * @param Ctor the grpc-js client class
- * @param options credentials, balancer, channel options, signal, error handler
+ * @param options credentials, balancer, channel options (and the service config in them),
+ *   filter, locality, signal, error handler
  * @returns a client instance of `Ctor`
- * @throws {TypeError} when the service name or `Ctor` is unusable, or with TLS credentials
- *   when neither `serverName` nor the service name is a DNS name
+ * @throws {TypeError} when the service name or `Ctor` is unusable, with TLS credentials
+ *   when neither `serverName` nor the service name is a DNS name, or when the service
+ *   config, `filter` or `locality` is invalid (naming the field and the value)
+ * @throws {RangeError} when a number of the service config or `locality` is out of range
  */
 export function dial<C extends grpc.Client>(
   client: EtcdClient,
@@ -157,24 +243,87 @@ export function dial<C extends grpc.Client>(
       }
     }
   }
+  if (options.filter !== undefined && typeof options.filter !== "function") {
+    throw new TypeError(`options.filter must be a function, got ${String(options.filter)}`);
+  }
+  const locality = checkLocality(options.locality);
+  const { "grpc.service_config": serviceConfigText, ...channelOptions } = options.channelOptions ??
+    {};
+  const serviceConfig = parseServiceConfig(serviceConfigText, {
+    where: 'options.channelOptions["grpc.service_config"]',
+    maxAttemptsLimit: positiveInteger(
+      channelOptions,
+      "grpc-node.retry_max_attempts_limit",
+      DEFAULT_MAX_ATTEMPTS_LIMIT,
+    ),
+  });
+  const retryBuffer = {
+    total: positiveInteger(channelOptions, "grpc.retry_buffer_size", 1 << 24),
+    perCall: positiveInteger(channelOptions, "grpc.per_rpc_retry_buffer_size", 1 << 20),
+  };
   options.signal?.throwIfAborted();
   const credentials = options.credentials ?? grpc.credentials.createInsecure();
+  const onError = options.onError ??
+    ((error: Error) =>
+      console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`));
   const channel = new BalancedChannel(client, service, {
     credentials,
     channelOptions: credentials._isSecure()
       ? {
-        ...options.channelOptions,
+        ...channelOptions,
         // The name to verify comes from the caller, never from the registry value (an address,
         // often an IP, which Deno's node:tls would refuse as a TLS server name anyway).
         "grpc.ssl_target_name_override": options.serverName ?? service,
         "grpc.default_authority": options.serverName ?? service,
       }
-      : options.channelOptions ?? {},
+      : channelOptions,
     balancer: options.balancer ?? roundRobin,
     healthService: options.healthCheck?.serviceName,
-    onError: options.onError ??
-      ((error) => console.warn(`grpc-etcd dial(${JSON.stringify(service)}): ${error.message}`)),
+    onError,
     signal: options.signal,
+    serviceConfig,
+    retries: channelOptions["grpc.enable_retries"] !== 0,
+    retryBuffer,
+    filter: options.filter,
+    locality,
+    singleResponse: singleResponseMethods(Ctor),
   });
+  for (const note of serviceConfig.notes) {
+    onError(new Error(`options.channelOptions["grpc.service_config"]: ${note}`));
+  }
   return new Ctor(channel.getTarget(), credentials, { channelOverride: channel });
+}
+
+/**
+ * The paths of the methods whose response is one message, from the client
+ * class's service definition (`Ctor.service`, which generated, proto-loader
+ * and `makeGenericClientConstructor` classes carry); none without one.
+ */
+function singleResponseMethods(Ctor: unknown): Set<string> {
+  const paths = new Set<string>();
+  const service = (Ctor as { service?: unknown }).service;
+  if (typeof service !== "object" || service === null) return paths;
+  for (const method of Object.values(service)) {
+    const { path, responseStream } = (method ?? {}) as { path?: unknown; responseStream?: unknown };
+    if (typeof path === "string" && responseStream === false) paths.add(path);
+  }
+  return paths;
+}
+
+/**
+ * A channel option that must be a positive integer when given.
+ *
+ * @throws {RangeError} naming the option and the value
+ */
+function positiveInteger(options: grpc.ChannelOptions, name: string, fallback: number): number {
+  const value = options[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+    throw new RangeError(
+      `options.channelOptions[${JSON.stringify(name)}] must be a positive integer, got ${
+        JSON.stringify(value)
+      }`,
+    );
+  }
+  return value;
 }

@@ -7,6 +7,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import type { Endpoint } from "../endpoint.ts";
+import { OutlierStats } from "./outlier_detection.ts";
 
 const { IDLE, CONNECTING, READY, TRANSIENT_FAILURE } = grpc.connectivityState;
 
@@ -25,6 +26,10 @@ export class Instance {
   endpoint: Endpoint;
   /** The instance's own grpc-js channel (pick_first to its address). */
   readonly channel: grpc.Channel;
+  /** The channel's target: the peer of a call that got no stream on it. */
+  readonly target: string;
+  /** Outlier detection's counters and ejection. */
+  readonly outlier: OutlierStats = new OutlierStats();
   /** Its connection's state, as last seen. */
   state: grpc.connectivityState = IDLE;
   /** Calls running on it. */
@@ -45,6 +50,7 @@ export class Instance {
     this.key = key;
     this.endpoint = endpoint;
     this.channel = channel;
+    this.target = channel.getTarget();
   }
 
   /** How reports name the instance: `instance 10.0.0.9:443 ("svc/10.0.0.9:443")`. */
@@ -52,9 +58,13 @@ export class Instance {
     return `instance ${this.endpoint.addr} (${JSON.stringify(this.key)})`;
   }
 
-  /** The state the instance counts as for picking: its connection's, then its health's. */
+  /**
+   * The state the instance counts as for picking: its connection's, then its
+   * health's; an instance ejected by outlier detection counts as failing.
+   */
   effectiveState(): grpc.connectivityState {
     if (this.state !== READY) return this.state;
+    if (this.outlier.ejectedAt >= 0) return TRANSIENT_FAILURE;
     if (this.health === "pending") return CONNECTING;
     if (this.health === "not-serving") return TRANSIENT_FAILURE;
     return READY;

@@ -1,14 +1,17 @@
 /**
- * A call of a dialed client: it waits for a pick, then runs on the picked
- * instance's own channel.
+ * One attempt of a dialed call: it waits for a pick, then runs on the picked
+ * instance's own channel. The call the client sees is a `RetryingCall`, which
+ * makes one attempt, and more when its retry policy says so.
  *
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
+import type { Buffer } from "node:buffer";
 import { later, type Timer } from "../_async.ts";
 import { MAX_TIMER_MS } from "../_options.ts";
 import type { PickInfo } from "../balancers/balancer.ts";
 import type { Instance } from "./instance.ts";
+import { PREVIOUS_ATTEMPTS_KEY } from "./retry.ts";
 import { passedOnStatus } from "./status.ts";
 
 /**
@@ -25,47 +28,125 @@ export const MAX_FORWARDED_TIMEOUT_MS: number = Math.floor(MAX_TIMER_MS / 1000) 
 export type Call = ReturnType<grpc.ChannelInterface["createCall"]>;
 /** The arguments of `ChannelInterface.createCall`. */
 export type CreateCallArgs = Parameters<grpc.ChannelInterface["createCall"]>;
-type Listener = Parameters<Call["start"]>[1];
-type MessageContext = Parameters<Call["sendMessageWithContext"]>[0];
-type CallCredentials = Parameters<Call["setCredentials"]>[0];
+/** Call credentials, as `Call.setCredentials` takes them. */
+export type CallCredentials = Parameters<Call["setCredentials"]>[0];
 
-/** What a call asks of the channel that made it. */
+/** What an attempt asks of the channel that runs it. */
 export interface CallRouter {
-  /** Picks an instance for the call (then calls `bind`), queues it, or fails it. */
-  pick(call: PickedCall): void;
-  /** Forgets a queued call that ended. */
-  unqueue(call: PickedCall): void;
-  /** A call on `instance` ended. */
-  finished(instance: Instance): void;
+  /** Picks an instance for the attempt (then calls `bind`), queues it (then `waiting`), or fails it. */
+  pick(attempt: PickedCall): void;
+  /** Forgets a queued attempt that ended. */
+  unqueue(attempt: PickedCall): void;
+  /**
+   * An attempt on `instance` ended with `code`; `counted` when it reached the
+   * server and was not cancelled here (outlier detection counts those).
+   */
+  finished(instance: Instance, code: grpc.status, counted: boolean): void;
 }
 
-let callNumbers = 0;
+/** What an attempt tells the call it belongs to. */
+export interface AttemptListener {
+  /** The server's response headers. */
+  onAttemptMetadata(metadata: grpc.Metadata, attempt: PickedCall): void;
+  /** A response message. */
+  onAttemptMessage(message: unknown, attempt: PickedCall): void;
+  /** The attempt ended; `attempt.reached` says whether it got to a server. */
+  onAttemptStatus(status: grpc.StatusObject, attempt: PickedCall): void;
+}
 
-/** A call that waits for a pick, then runs on the picked endpoint's channel. */
-export class PickedCall implements Call {
+/** How an attempt is made. */
+export interface AttemptOptions {
+  /** Wait for an instance (until the deadline) rather than fail when none is ready. */
+  readonly waitForReady: boolean;
+  /** The attempts of the same call before this one (sent as `grpc-previous-rpc-attempts`). */
+  readonly previousAttempts: number;
+  /** Instances earlier attempts of the call failed on: another is picked when one is ready. */
+  readonly avoid: readonly Instance[] | undefined;
+  /** Call credentials to add. */
+  readonly credentials: CallCredentials | undefined;
+}
+
+interface Write {
+  readonly message: Buffer;
+  readonly flags: number | undefined;
+  readonly callback: (() => void) | undefined;
+}
+
+/** One attempt: waits for a pick, then runs on the picked instance's channel. */
+export class PickedCall {
   readonly #owner: CallRouter;
-  readonly #args: CreateCallArgs;
-  readonly #number = ++callNumbers;
+  readonly #method: string;
+  /** The call's deadline in ms since the epoch (`Infinity`: none). */
+  readonly #deadline: number;
+  readonly #host: CreateCallArgs[2];
+  readonly #parent: CreateCallArgs[3];
+  readonly #flags: CreateCallArgs[4];
+  readonly #options: AttemptOptions;
   #metadata: grpc.Metadata | undefined;
-  #listener: Listener | undefined;
-  #pending: Array<(call: Call) => void> = [];
+  #listener: AttemptListener | undefined;
   #call: Call | undefined;
+  /** Messages not yet handed to the instance's call (it takes one at a time). */
+  readonly #writes: Write[] = [];
+  /** A message was handed over and its write has not completed. */
+  #writing = false;
+  #halfClose = false;
+  #halfClosed = false;
+  #readStarted = false;
   #done = false;
+  #cancelled = false;
   #timer: Timer | undefined;
+  /** The instance the attempt runs on, once picked. */
+  instance: Instance | undefined;
+  /** Whether the attempt got to a server (a stream was opened); known once it ended. */
+  reached = false;
 
-  constructor(owner: CallRouter, args: CreateCallArgs) {
+  /**
+   * @param owner the channel that picks for the attempt
+   * @param method the full method path
+   * @param deadline the call's deadline in ms since the epoch (`Infinity`: none)
+   * @param host the `host` argument of `createCall`
+   * @param parent the parent call of `createCall`
+   * @param flags the propagation flags of `createCall`
+   * @param options wait for ready, earlier attempts, instances to avoid, credentials
+   */
+  constructor(
+    owner: CallRouter,
+    method: string,
+    deadline: number,
+    host: CreateCallArgs[2],
+    parent: CreateCallArgs[3],
+    flags: CreateCallArgs[4],
+    options: AttemptOptions,
+  ) {
     this.#owner = owner;
-    this.#args = args;
+    this.#method = method;
+    this.#deadline = deadline;
+    this.#host = host;
+    this.#parent = parent;
+    this.#flags = flags;
+    this.#options = options;
   }
 
+  /** Whether it waits for an instance rather than fail when none is ready. */
   get waitForReady(): boolean {
-    return this.#metadata?.getOptions().waitForReady === true;
+    return this.#options.waitForReady;
   }
 
+  /** Instances to avoid (see {@linkcode AttemptOptions.avoid}). */
+  get avoid(): readonly Instance[] | undefined {
+    return this.#options.avoid;
+  }
+
+  /** Whether the attempt has ended. */
+  get ended(): boolean {
+    return this.#done;
+  }
+
+  /** What the picker may see of the call. */
   get info(): PickInfo {
     const metadata = this.#metadata;
     return {
-      method: this.#args[0],
+      method: this.#method,
       header: (name) => {
         const value = metadata?.get(name)[0];
         return value === undefined ? undefined : String(value);
@@ -73,100 +154,129 @@ export class PickedCall implements Call {
     };
   }
 
-  start(metadata: grpc.Metadata, listener: Listener): void {
+  /** Starts the attempt: asks the channel for a pick. */
+  start(metadata: grpc.Metadata, listener: AttemptListener): void {
     this.#metadata = metadata;
     this.#listener = listener;
-    const deadline = this.#args[1];
-    const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-    if (Number.isFinite(ms)) {
-      this.#timer = later(ms - Date.now(), () => {
-        this.fail(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded while waiting for an instance");
-      });
-    }
     this.#owner.pick(this);
   }
 
-  /** Runs the call on the picked instance. */
-  bind(instance: Instance): void {
-    this.#timer?.clear();
-    const [method, deadline, host, parent, flags] = this.#args;
-    const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-    const call = instance.channel.createCall(
-      method,
-      Number.isFinite(ms) ? Math.min(ms, Date.now() + MAX_FORWARDED_TIMEOUT_MS) : deadline,
-      host,
-      parent,
-      flags,
-    );
-    this.#call = call;
-    instance.inflight++;
-    const listener = this.#listener!;
-    // Our layer did the waiting: the endpoint's channel should fail fast if it breaks now.
-    const metadata = this.#metadata!.clone();
-    metadata.setOptions({ ...metadata.getOptions(), waitForReady: false });
-    call.start(metadata, {
-      onReceiveMetadata: (m) => listener.onReceiveMetadata(m),
-      onReceiveMessage: (m) => listener.onReceiveMessage(m),
-      onReceiveStatus: (status) => {
-        this.#done = true;
-        this.#owner.finished(instance);
-        listener.onReceiveStatus(passedOnStatus(status));
-      },
+  /** The attempt waits in the channel's queue: its deadline starts to count here. */
+  waiting(): void {
+    if (this.#timer || this.#done || !Number.isFinite(this.#deadline)) return;
+    this.#timer = later(this.#deadline - Date.now(), () => {
+      this.fail(grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded while waiting for an instance");
     });
-    for (const op of this.#pending) op(call);
-    this.#pending = [];
   }
 
-  /** Ends the call before it was bound. */
+  /** Runs the attempt on the picked instance. */
+  bind(instance: Instance): void {
+    this.#timer?.clear();
+    this.#timer = undefined;
+    const deadline = Number.isFinite(this.#deadline)
+      ? Math.min(this.#deadline, Date.now() + MAX_FORWARDED_TIMEOUT_MS)
+      : this.#deadline;
+    const call = instance.channel.createCall(
+      this.#method,
+      deadline,
+      this.#host,
+      this.#parent,
+      this.#flags,
+    );
+    this.#call = call;
+    this.instance = instance;
+    instance.inflight++;
+    if (this.#options.credentials) call.setCredentials(this.#options.credentials);
+    const listener = this.#listener!;
+    // Our layer did the waiting: the instance's channel should fail fast if it breaks now.
+    const metadata = this.#metadata!.clone();
+    metadata.setOptions({ ...metadata.getOptions(), waitForReady: false });
+    const previous = this.#options.previousAttempts;
+    if (previous > 0) metadata.set(PREVIOUS_ATTEMPTS_KEY, String(previous));
+    call.start(metadata, {
+      onReceiveMetadata: (m) => listener.onAttemptMetadata(m, this),
+      onReceiveMessage: (m) => listener.onAttemptMessage(m, this),
+      onReceiveStatus: (status) => {
+        this.#done = true;
+        // A call that never got a stream ends with the channel's target as its peer (the
+        // address of a connection otherwise): it did not reach the server.
+        this.reached = status.code === grpc.status.OK || call.getPeer() !== instance.target;
+        this.#owner.finished(instance, status.code, this.reached && !this.#cancelled);
+        listener.onAttemptStatus(passedOnStatus(status), this);
+      },
+    });
+    this.#pump();
+    if (this.#readStarted) call.startRead();
+  }
+
+  /** Ends the attempt before it was bound (no instance, deadline, closed channel). */
   fail(code: grpc.status, details: string): void {
     if (this.#done || this.#call) return;
     this.#done = true;
     this.#timer?.clear();
     this.#owner.unqueue(this);
     const listener = this.#listener;
-    this.#pending = [];
+    this.#writes.length = 0;
     queueMicrotask(() =>
-      listener?.onReceiveStatus({ code, details, metadata: new grpc.Metadata() })
+      listener?.onAttemptStatus({ code, details, metadata: new grpc.Metadata() }, this)
     );
   }
 
-  #op(op: (call: Call) => void): void {
-    if (this.#call) op(this.#call);
-    else if (!this.#done) this.#pending.push(op);
+  /** Sends a message (after the ones before it have been written). */
+  write(message: Buffer, flags: number | undefined, callback: (() => void) | undefined): void {
+    if (this.#done) return;
+    this.#writes.push({ message, flags, callback });
+    this.#pump();
   }
 
-  cancelWithStatus(status: grpc.status, details: string): void {
-    if (this.#call) this.#call.cancelWithStatus(status, details);
-    else this.fail(status, details);
+  /** Hands the next message to the instance's call, once it took the one before. */
+  #pump(): void {
+    const call = this.#call;
+    if (!call || this.#writing || this.#done) return;
+    const next = this.#writes.shift();
+    if (next) {
+      this.#writing = true;
+      call.sendMessageWithContext({
+        flags: next.flags,
+        callback: () => {
+          this.#writing = false;
+          next.callback?.();
+          this.#pump();
+        },
+      }, next.message);
+    }
+    // grpc-js takes a half-close right after the last message (it sends it behind the message).
+    if (this.#writes.length === 0 && this.#halfClose && !this.#halfClosed) {
+      this.#halfClosed = true;
+      call.halfClose();
+    }
   }
 
+  /** Half-closes once every message is sent. */
+  halfClose(): void {
+    this.#halfClose = true;
+    this.#pump();
+  }
+
+  /** Starts reading responses. */
+  startRead(): void {
+    this.#readStarted = true;
+    this.#call?.startRead();
+  }
+
+  /** Cancels the attempt; a running one ends with its own status, later. */
+  cancel(code: grpc.status, details: string): void {
+    this.#cancelled = true;
+    if (this.#call) this.#call.cancelWithStatus(code, details);
+    else this.fail(code, details);
+  }
+
+  /** The peer the attempt runs on (`""` before it is picked). */
   getPeer(): string {
     return this.#call?.getPeer() ?? "";
   }
 
-  sendMessageWithContext(
-    context: MessageContext,
-    message: Parameters<Call["sendMessageWithContext"]>[1],
-  ): void {
-    this.#op((call) => call.sendMessageWithContext(context, message));
-  }
-
-  startRead(): void {
-    this.#op((call) => call.startRead());
-  }
-
-  halfClose(): void {
-    this.#op((call) => call.halfClose());
-  }
-
-  getCallNumber(): number {
-    return this.#number;
-  }
-
-  setCredentials(credentials: CallCredentials): void {
-    this.#op((call) => call.setCredentials(credentials));
-  }
-
+  /** The auth context of its connection, once picked. */
   getAuthContext(): ReturnType<Call["getAuthContext"]> {
     return this.#call?.getAuthContext() ?? null;
   }
