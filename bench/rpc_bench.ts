@@ -1,7 +1,10 @@
 /**
  * Unary calls with 64 in flight over three greeter instances in separate
  * processes: `dial()` with `roundRobin` against a grpc-js client with grpc-js's
- * own `round_robin` over the same static addresses (baseline).
+ * own `round_robin` over the same static addresses (baseline); and both again
+ * with the same service config: a retry policy, retry throttling and
+ * `outlier_detection` around round robin (nothing fails, so what is measured
+ * is their cost on the way of every call).
  *
  *   deno task bench bench/rpc_bench.ts
  */
@@ -25,6 +28,43 @@ const theirs = new Greeter(
   { "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }) },
 );
 
+/** The service config of the second group, for both clients. */
+const SERVICE_CONFIG = JSON.stringify({
+  methodConfig: [{
+    name: [{ service: "helloworld.Greeter" }],
+    retryPolicy: {
+      maxAttempts: 3,
+      initialBackoff: "0.05s",
+      maxBackoff: "0.5s",
+      backoffMultiplier: 2,
+      retryableStatusCodes: ["UNAVAILABLE"],
+    },
+  }],
+  retryThrottling: { maxTokens: 10, tokenRatio: 0.1 },
+  loadBalancingConfig: [{
+    outlier_detection: {
+      interval: { seconds: 1, nanos: 0 },
+      base_ejection_time: { seconds: 30, nanos: 0 },
+      max_ejection_percent: 50,
+      failure_percentage_ejection: {
+        threshold: 50,
+        enforcement_percentage: 100,
+        minimum_hosts: 3,
+        request_volume: 10,
+      },
+      child_policy: [{ round_robin: {} }],
+    },
+  }],
+});
+const oursConfigured = dial(etcd, "bench/greeter", Greeter, {
+  channelOptions: { "grpc.service_config": SERVICE_CONFIG },
+});
+const theirsConfigured = new Greeter(
+  `ipv4:${servers.map((s) => s.addr).join(",")}`,
+  grpc.credentials.createInsecure(),
+  { "grpc.service_config": SERVICE_CONFIG },
+);
+
 const IN_FLIGHT = 64;
 const CALLS = 640;
 
@@ -41,6 +81,8 @@ async function burst(client: GreeterClient): Promise<void> {
 for (let i = 0; i < 5; i++) {
   await burst(ours);
   await burst(theirs);
+  await burst(oursConfigured);
+  await burst(theirsConfigured);
 }
 
 Deno.bench({
@@ -56,5 +98,21 @@ Deno.bench({
   group: "640 unary calls, 64 in flight, 3 instances",
   async fn() {
     await burst(ours);
+  },
+});
+
+Deno.bench({
+  name: "baseline: grpc-js, retry policy + outlier_detection(round_robin), static addresses",
+  group: "640 unary calls, 64 in flight, 3 instances, retry policy + outlier detection",
+  baseline: true,
+  async fn() {
+    await burst(theirsConfigured);
+  },
+});
+Deno.bench({
+  name: "dial() + roundRobin, the same service config",
+  group: "640 unary calls, 64 in flight, 3 instances, retry policy + outlier detection",
+  async fn() {
+    await burst(oursConfigured);
   },
 });
