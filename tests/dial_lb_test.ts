@@ -45,7 +45,12 @@ function serviceConfig(config: unknown): grpc.ChannelOptions {
 
 /** An outlier_detection config with failure-percentage ejection; times in ms. */
 function outlierDetection(
-  { intervalMs, baseMs, maxPercent }: { intervalMs: number; baseMs: number; maxPercent: number },
+  { intervalMs, baseMs, maxPercent, minimumHosts = 3 }: {
+    intervalMs: number;
+    baseMs: number;
+    maxPercent: number;
+    minimumHosts?: number;
+  },
 ): grpc.ChannelOptions {
   const duration = (ms: number) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
   return serviceConfig({
@@ -57,7 +62,7 @@ function outlierDetection(
         failure_percentage_ejection: {
           threshold: 50,
           enforcement_percentage: 100,
-          minimum_hosts: 3,
+          minimum_hosts: minimumHosts,
           request_volume: 10,
         },
         child_policy: [{ round_robin: {} }],
@@ -524,6 +529,23 @@ Deno.test("dial: filter leaves endpoints out (no calls, no connection); locality
     );
     assert.deepEqual(all.counts, { a1: 20, a2: 20, b1: 20 });
     assert.equal(silent.connections, 0, "dial connected to an endpoint its filter leaves out");
+    // A filter that leaves every endpoint out: calls fail fast, saying so.
+    const none = dial(client, zoned, Greeter, { filter: () => false });
+    try {
+      await until(
+        "a call fails fast, naming the filter",
+        5000,
+        async () =>
+          await sayHello(none, { name: "x" }).then(
+            () => assert.fail("answered"),
+            (e: grpc.ServiceError) =>
+              e.details ===
+                'grpc-etcd: no ready instance of "svc/zoned" (0 known, 4 left out by filter)',
+          ),
+      );
+    } finally {
+      none.close();
+    }
     // Without the filter, dial connects to it at once: the count above could have seen it.
     const unfiltered = dial(client, zoned, Greeter, { onError: () => {} });
     try {
@@ -622,6 +644,43 @@ Deno.test("dial: a bad service config, filter or locality is refused at dial() n
     `${where}: methodConfig[0].hedgingPolicy is valid but dial() does not hedge: those calls are sent once`,
     `${where}: loadBalancingConfig[0] names "some_future_policy", a policy grpc-js does not know: skipped`,
   ]);
+});
+
+Deno.test("dial: with its only instance ejected by outlier detection, a call fails fast saying so", async () => {
+  await using etcd = memoryClient();
+  await using _a = await startGreeter(etcd, "svc/alone", "a", { drainMs: 0 }, {
+    failWith: () => grpc.status.UNAVAILABLE,
+  });
+  const seen = reports();
+  const greeter = dial(etcd, "svc/alone", Greeter, {
+    // A check every ~10 ms: an interval of 300 ms sees the 10 calls request_volume asks for.
+    channelOptions: outlierDetection({
+      intervalMs: 300,
+      baseMs: 30_000,
+      maxPercent: 10,
+      minimumHosts: 1,
+    }),
+    onError: seen.onError,
+  });
+  try {
+    const details = () =>
+      sayHello(greeter, { name: "x" }).then(
+        () => "answered",
+        (e: grpc.ServiceError) => e.details,
+      );
+    await until(
+      "a call fails fast",
+      10_000,
+      async () => (await details()).startsWith("grpc-etcd: no ready instance"),
+    );
+    assert.equal(
+      await details(),
+      'grpc-etcd: no ready instance of "svc/alone" (1 known, 1 ejected by outlier detection)',
+    );
+    assert.match(seen.list[0]!.message, /is ejected by outlier detection/);
+  } finally {
+    greeter.close();
+  }
 });
 
 Deno.test("dial: a slow call with a deadline 30 days away is answered, not cut off by a wrapped grpc-timeout", async () => {

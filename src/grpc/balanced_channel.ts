@@ -168,6 +168,7 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
       this.#leftOut.add(key);
       return;
     }
+    this.#leftOut.delete(key);
     const old = this.#instances.get(key);
     if (old && old.endpoint.addr === endpoint.addr) {
       this.#byEndpoint.delete(old.endpoint);
@@ -440,6 +441,17 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
     call.waiting();
   }
 
+  /** How many instances are known, ejected, left out: for the message of a call that fails fast. */
+  #census(): string {
+    let ejected = 0;
+    for (const instance of this.#instances.values()) if (instance.outlier.ejected) ejected++;
+    return [
+      `${this.#instances.size} known`,
+      ...(ejected > 0 ? [`${ejected} ejected by outlier detection`] : []),
+      ...(this.#leftOut.size > 0 ? [`${this.#leftOut.size} left out by filter`] : []),
+    ].join(", ");
+  }
+
   /**
    * A ready instance of the picker's list that is not in `avoid`, for a retry
    * (gRFC A6: a retry should go to another instance when it can), or none.
@@ -459,9 +471,7 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
     const service = JSON.stringify(this.#service);
     const error = this.#resolverError;
     if (!error) {
-      return `grpc-etcd: no ready instance of ${service} (${this.#instances.size} known${
-        this.#leftOut.size > 0 ? `, ${this.#leftOut.size} left out by filter` : ""
-      })`;
+      return `grpc-etcd: no ready instance of ${service} (${this.#census()})`;
     }
     const etcd = `etcd at ${this.#hosts.join(", ")}`;
     const why = error instanceof ClientClosedError
