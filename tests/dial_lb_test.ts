@@ -529,6 +529,18 @@ Deno.test("dial: filter leaves endpoints out (no calls, no connection); locality
     );
     assert.deepEqual(all.counts, { a1: 20, a2: 20, b1: 20 });
     assert.equal(silent.connections, 0, "dial connected to an endpoint its filter leaves out");
+    // b1's value changes to version 1 (same key, same lease): it is left out; back to 2: back in.
+    const b1 = registrations[2]!;
+    const rewrite = (version: string) =>
+      client.put(
+        b1.key,
+        JSON.stringify({ Op: 0, Addr: servers[2]!.addr, Metadata: { zone: "b", version } }),
+        b1.lease,
+      );
+    await rewrite("1");
+    await until("b1 left out", 5000, async () => !("b1" in (await shares(filtered, 6)).counts));
+    await rewrite("2");
+    await until("b1 back", 5000, async () => "b1" in (await shares(filtered, 6)).counts);
     // A filter that leaves every endpoint out: calls fail fast, saying so.
     const none = dial(client, zoned, Greeter, { filter: () => false });
     try {
