@@ -320,13 +320,19 @@ Deno.test("dial: an ejected instance that recovers gets calls again once base_ej
     const ejected = `instance ${b.addr} ("${SERVICE}/${b.addr}") is ejected`;
     await until("b is ejected", 10_000, () => seen.list.some((r) => r.message.startsWith(ejected)));
     const ejectedAt = seen.list.find((r) => r.message.startsWith(ejected))!.at;
+    // The calls running on b when it was ejected end (failing) before it recovers.
+    await until(
+      "50 calls after the ejection",
+      5000,
+      () => load.records.filter((r) => r.at > ejectedAt).length >= 50,
+    );
+    const settled = Date.now();
     b.kill("SIGUSR2"); // b answers again
-    await until("b answers again", 10_000, () => load.answeredBy("b", ejectedAt) > 0);
+    await until("b answers again", 10_000, () => load.answeredBy("b", settled) > 0);
     await stopLoads();
-    const back = load.records.find((r) => r.instance === "b" && r.at > ejectedAt)!.at;
-    // Calls that were running on b when it was ejected may end just after.
+    const back = load.records.find((r) => r.instance === "b" && r.at > settled)!.at;
     const touched = load.records.filter((r) =>
-      r.at > ejectedAt + 50 && r.at < ejectedAt + baseMs &&
+      r.at > settled && r.at < ejectedAt + baseMs &&
       (r.instance === "b" || failedBy(r.details, "b"))
     );
     console.log(
