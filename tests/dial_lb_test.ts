@@ -229,7 +229,9 @@ Deno.test("dial: with a retryPolicy for UNAVAILABLE, a SIGKILL of one of 3 insta
     assert.deepEqual(loads.retrying.failures, []);
     // Without a policy, the calls running on it when it died fail (UNAVAILABLE).
     assert.ok(loads.plain.failures.length >= 1, `${loads.plain.failures.length} failed`);
-    for (const f of loads.plain.failures) assert.equal(f.code, grpc.status.UNAVAILABLE, f.details);
+    for (const f of loads.plain.failures) {
+      assert.equal(f.code, grpc.status.UNAVAILABLE, String(f.details));
+    }
   } finally {
     await stopLoads();
     plain.close();
