@@ -51,8 +51,8 @@ import { sleep, until } from "../harness/wait.ts";
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 const quiet = { onError: () => {} };
 
-/** The next batch of a resolver, failing after `ms`. */
-async function next(it: AsyncIterator<Update[]>, ms = 15_000): Promise<Update[]> {
+/** The next batch of a resolver or a watch, failing after `ms`. */
+async function next<T>(it: AsyncIterator<T>, ms = 15_000): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const result = await Promise.race([
     it.next(),
@@ -492,6 +492,60 @@ Deno.test("fetch: a token etcd calls invalid is renewed once and the call repeat
   });
   await assert.rejects(stuck.get("k"), /refused reading "k": etcdserver: invalid auth token/);
   assert.equal(tries.length, 4);
+});
+
+/** Makes `Math.random` return `values` in turn (then random ones again) until disposed. */
+function randomSequence(...values: number[]): Disposable {
+  const real = Math.random;
+  Math.random = () => values.shift() ?? real();
+  return { [Symbol.dispose]: () => void (Math.random = real) };
+}
+
+const credentials = { username: "u", password: "p" };
+
+Deno.test("fetch: with auth, a call to a healthy host neither waits for nor fails with an authentication on a host that is down", async (t) => {
+  const downs = [["frozen", hang], ["refusing connections", refused]] as const;
+  for (const [name, down] of downs) {
+    await t.step(`the other host ${name}`, async () => {
+      let tokens = 0;
+      const { fetch, calls } = standIn((call) => {
+        if (call.url.startsWith("http://a:1")) return down(call);
+        if (call.url.endsWith("/v3/auth/authenticate")) return ok(1, { token: `t${++tokens}` });
+        assert.equal(call.authorization, "t1");
+        return ok(3);
+      });
+      await using client = connectFetch({
+        hosts: ["http://a:1", "http://b:2"],
+        fetch,
+        auth: credentials,
+        dialTimeout: 300,
+      });
+      const settled: string[] = [];
+      const get = (key: string) =>
+        client.get(key).then(
+          ({ revision }) => (settled.push(key), revision),
+          (error: Error) => (settled.push(key), error.message),
+        );
+      let results: (number | string)[];
+      {
+        // Call "one" tries a, then b; call "two" tries b, then a.
+        using _order = randomSequence(0.9, 0.1);
+        results = await Promise.all([get("one"), get("two")]);
+      }
+      assert.deepEqual(results, [3, 3], "both calls succeed on b");
+      const atB = calls.filter((c) => c.url.startsWith("http://b:2"));
+      assert.deepEqual(atB.map((c) => new URL(c.url).pathname), [
+        "/v3/auth/authenticate",
+        "/v3/kv/range",
+        "/v3/kv/range",
+      ], "one token, taken on b, serves both calls");
+      const atA = calls.filter((c) => c.url.startsWith("http://a:1"));
+      assert.deepEqual(atA.map((c) => new URL(c.url).pathname), ["/v3/auth/authenticate"]);
+      if (name === "frozen") {
+        assert.deepEqual(settled, ["two", "one"], "call two did not wait for a's deadline");
+      }
+    });
+  }
 });
 
 Deno.test("fetch: keepAlive() gives up after options.timeout, however long the dial timeout", async () => {

@@ -77,6 +77,8 @@ interface Host {
   readonly origin: string;
   /** Until when new requests try this host last. */
   avoidUntil: number;
+  /** The authentication in flight on this host, which attempts on it wait for. */
+  authenticating?: Promise<string>;
 }
 
 /** A parsed JSON object, as the gateway sends them. */
@@ -215,7 +217,6 @@ class FetchClient implements EtcdClient {
   readonly #inflight = new Set<AbortController>();
   /** The auth token: `undefined` until taken, `""` when etcd has auth off. */
   #token: string | undefined;
-  #authenticating: Promise<string> | undefined;
   #closed = false;
 
   constructor(
@@ -289,14 +290,18 @@ class FetchClient implements EtcdClient {
     });
   }
 
-  /** The token to send to `host`, authenticating first when there is none. */
+  /**
+   * The token to send to `host`, authenticating there first when there is none.
+   * An attempt waits only for its own host's authentication, never for one on
+   * another host (which may be down); the token taken then serves every host.
+   */
   async #tokenFor(host: Host, signal: AbortSignal): Promise<string | undefined> {
     if (!this.#auth) return undefined;
     if (this.#token !== undefined) return this.#token || undefined;
-    this.#authenticating ??= this.#authenticate(host).finally(() => {
-      this.#authenticating = undefined;
+    host.authenticating ??= this.#authenticate(host).finally(() => {
+      host.authenticating = undefined;
     });
-    return (await abortable(this.#authenticating, signal)) || undefined;
+    return (await abortable(host.authenticating, signal)) || undefined;
   }
 
   async #authenticate(host: Host): Promise<string> {
