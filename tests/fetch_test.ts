@@ -46,6 +46,7 @@ import {
   startTlsEtcd,
 } from "../harness/tls.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
+import { fakeTime } from "./fake_time.ts";
 import { sleep, until } from "../harness/wait.ts";
 
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
@@ -546,6 +547,60 @@ Deno.test("fetch: with auth, a call to a healthy host neither waits for nor fail
       }
     });
   }
+});
+
+Deno.test("fetch: a host refusing connections does not cost the token: one authentication serves every call", async () => {
+  using clock = fakeTime();
+  let tokens = 0;
+  const { fetch, calls } = standIn((call) =>
+    call.url.startsWith("http://dead:1")
+      ? refused()
+      : call.url.endsWith("/v3/auth/authenticate")
+      ? ok(1, { token: `t${++tokens}` })
+      : ok(3)
+  );
+  await using client = connectFetch({
+    hosts: ["http://dead:1", "http://live:2"],
+    fetch,
+    auth: credentials,
+  });
+  for (let i = 0; i < 6; i++) {
+    {
+      using _order = randomSequence(0.9); // the dead host first, once it is not avoided
+      assert.equal((await client.get("k")).revision, 3);
+    }
+    await clock.tick(6000); // past the 5 s a failed host waits at the back of the line
+  }
+  const dead = calls.filter((c) => c.url.startsWith("http://dead:1"));
+  assert.equal(dead.length, 6, "the dead host was tried by every call");
+  assert.equal(dead.filter((c) => c.authorization === "t1").length, 5, "with the token");
+  assert.equal(tokens, 1, "the token stayed");
+});
+
+Deno.test("fetch: a token whose requests one host closes twice without an answer is renewed, and the call repeated there", async () => {
+  let tokens = 0;
+  const { fetch, calls } = standIn((call) => {
+    if (call.url.endsWith("/v3/auth/authenticate")) return ok(1, { token: `t${++tokens}` });
+    // What etcd issues 15256 and 20332 describe: a stale token, and the connection closes.
+    if (call.authorization === "t1") {
+      return Promise.reject(
+        new TypeError("fetch failed", {
+          cause: new Error("connection closed before message completed"),
+        }),
+      );
+    }
+    return ok(3);
+  });
+  await using client = connectFetch({ hosts: "http://e:1", fetch, auth: credentials });
+  await assert.rejects(client.get("k"), /connection closed before message completed/);
+  assert.equal((await client.get("k")).revision, 3);
+  assert.deepEqual(calls.map((c) => `${new URL(c.url).pathname} ${c.authorization}`), [
+    "/v3/auth/authenticate null",
+    "/v3/kv/range t1",
+    "/v3/kv/range t1",
+    "/v3/auth/authenticate null",
+    "/v3/kv/range t2",
+  ]);
 });
 
 Deno.test("fetch: keepAlive() gives up after options.timeout, however long the dial timeout", async () => {

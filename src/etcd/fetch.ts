@@ -217,6 +217,11 @@ class FetchClient implements EtcdClient {
   readonly #inflight = new Set<AbortController>();
   /** The auth token: `undefined` until taken, `""` when etcd has auth off. */
   #token: string | undefined;
+  /**
+   * The hosts where a request carrying the token got no answer (the connection
+   * failed or closed) since etcd last answered one carrying it.
+   */
+  readonly #unansweredAt = new Set<Host>();
   #closed = false;
 
   constructor(
@@ -249,8 +254,40 @@ class FetchClient implements EtcdClient {
     host.avoidUntil = Date.now() + AVOID_MS;
   }
 
+  #setToken(token: string): void {
+    this.#token = token;
+    this.#unansweredAt.clear();
+  }
+
   #forgetToken(token: string | undefined): void {
-    if (token !== undefined && this.#token === token) this.#token = undefined;
+    if (token !== undefined && this.#token === token) {
+      this.#token = undefined;
+      this.#unansweredAt.clear();
+    }
+  }
+
+  /** etcd answered a request carrying `token`: the token is good. */
+  #answered(token: string | undefined): void {
+    if (token && token === this.#token) this.#unansweredAt.clear();
+  }
+
+  /**
+   * A request carrying `token` got no answer from `host`: the connection failed
+   * or closed. Some etcd releases close the connection over a stale token (etcd
+   * issues 15256, 20332), but so does a host that is down. The token is dropped
+   * when the same host fails it a second time with no answer carrying it, from
+   * any host, in between.
+   *
+   * @returns whether the token was dropped
+   */
+  #unanswered(host: Host, token: string | undefined): boolean {
+    if (!token || token !== this.#token) return false;
+    if (!this.#unansweredAt.has(host)) {
+      this.#unansweredAt.add(host);
+      return false;
+    }
+    this.#forgetToken(token);
+    return true;
   }
 
   /** An abort controller registered for close(), with a deadline when `ms` is given. */
@@ -325,14 +362,14 @@ class FetchClient implements EtcdClient {
       const value = parseJson(text);
       if (response.ok) {
         if (isRecord(value) && typeof value.token === "string" && value.token !== "") {
-          this.#token = value.token;
+          this.#setToken(value.token);
           return value.token;
         }
         throw new HostFailure(notEtcd(response.status, null, text, context).message);
       }
       const status = readStatus(value);
       if (status && classify(status.code, status.message) === "auth-disabled") {
-        this.#token = "";
+        this.#setToken("");
         return "";
       }
       const verdict = judgeAnswer(
@@ -419,6 +456,7 @@ class FetchClient implements EtcdClient {
         try {
           token = await this.#tokenFor(host, controller.signal);
           const outcome = await exchange({ host, token, signal: controller.signal, context });
+          this.#answered(token);
           if ("value" in outcome) {
             host.avoidUntil = 0;
             kept = options.keep === true;
@@ -439,9 +477,11 @@ class FetchClient implements EtcdClient {
               cause: error,
             })
             : new Error(this.#unreachable(host, operation, error), { cause: error });
-          // Some etcd releases answer a request with a stale token by closing the connection
-          // (etcd issues 15256, 20332): take a new token for the next attempt.
-          if (!timedOut()) this.#forgetToken(token);
+          // A token this host failed twice is dropped: take a new one and repeat the call here.
+          if (!timedOut() && this.#unanswered(host, token) && !renewed) {
+            renewed = true;
+            continue;
+          }
           this.#avoid(host);
           failures.push(failure);
           break;
@@ -662,8 +702,9 @@ class FetchClient implements EtcdClient {
         signal,
       );
       await response.body?.cancel();
+      this.#answered(token);
     } catch (error) {
-      if (!signal.aborted) this.#forgetToken(token);
+      if (!signal.aborted) this.#unanswered(host, token);
       throw error;
     }
   }
