@@ -2,13 +2,23 @@
  * Harness: a TCP proxy on loopback that can cut one client off from etcd
  * while etcd stays up for everyone else: close every connection (`cut`), hold
  * all traffic while keeping connections open (`blackhole`: a partition that TCP
- * outlives; what was held is delivered once it heals), or add latency
- * (`delay`). Built on `node:net`, so it runs on Deno, Node and Bun.
+ * outlives; what was held is delivered once it heals), add latency (`delay`),
+ * or silently drop the connections that carried a given request (`drop`:
+ * what a NAT, proxy or load balancer does to a connection it forgot). Built
+ * on `node:net`, so it runs on Deno, Node and Bun.
  *
  * @module
  */
 import type { Buffer } from "node:buffer";
 import { connect, createServer, type Server, type Socket } from "node:net";
+
+/** One proxied connection: the request lines its client sent, and whether it is dropped. */
+interface Pair {
+  readonly requests: Set<string>;
+  dropped: boolean;
+}
+
+const REQUEST_LINE = /(?:^|\r\n)([A-Z]+ \S+) HTTP\/1\.[01]\r\n/g;
 
 type Mode = { kind: "open" } | { kind: "cut" } | { kind: "blackhole" } | {
   kind: "delay";
@@ -20,6 +30,7 @@ export class TcpProxy implements AsyncDisposable {
   readonly #server: Server;
   readonly #port: number;
   readonly #sockets = new Map<Socket, Promise<void>>();
+  readonly #pairs = new Set<Pair>();
   #mode: Mode = { kind: "open" };
   #changed = Promise.withResolvers<void>();
 
@@ -68,19 +79,30 @@ export class TcpProxy implements AsyncDisposable {
     }
     const server = connect(upstream);
     this.#track(server);
+    const pair: Pair = { requests: new Set(), dropped: false };
+    this.#pairs.add(pair);
     server.once("connect", () => {
-      this.#pump(client, server);
-      this.#pump(server, client);
+      this.#pump(pair, client, server, true);
+      this.#pump(pair, server, client, false);
     });
     // Either side ending ends both.
-    client.once("close", () => server.destroy());
+    client.once("close", () => {
+      this.#pairs.delete(pair);
+      server.destroy();
+    });
     server.once("close", () => client.destroy());
   }
 
   /** Copies `from` to `to` chunk by chunk, honouring the mode for every chunk. */
-  #pump(from: Socket, to: Socket): void {
+  #pump(pair: Pair, from: Socket, to: Socket, fromClient: boolean): void {
     let queue = Promise.resolve();
     from.on("data", (chunk: Buffer) => {
+      if (fromClient) {
+        for (const [, line] of chunk.toString("latin1").matchAll(REQUEST_LINE)) {
+          pair.requests.add(line!);
+        }
+      }
+      if (pair.dropped) return; // swallowed, and neither end is told
       from.pause();
       queue = queue.then(async () => {
         while (this.#mode.kind === "blackhole") await this.#changed.promise;
@@ -116,6 +138,26 @@ export class TcpProxy implements AsyncDisposable {
   /** Delays every chunk by `ms` in both directions. */
   delay(ms: number): void {
     this.#set({ kind: "delay", ms });
+  }
+
+  /**
+   * Drops every open connection on which the client sent `request` (a request
+   * line such as `"POST /v3/watch"`): from now on the proxy swallows its bytes
+   * both ways and tells neither end, and the connection stays open, as a NAT,
+   * proxy or load balancer that dropped an idle connection leaves it. Other
+   * and later connections pass as before.
+   *
+   * @returns how many connections it dropped
+   */
+  drop(request: string): number {
+    let dropped = 0;
+    for (const pair of this.#pairs) {
+      if (!pair.dropped && pair.requests.has(request)) {
+        pair.dropped = true;
+        dropped++;
+      }
+    }
+    return dropped;
   }
 
   /** Forwards normally again. */

@@ -15,6 +15,7 @@ import {
   type FetchFunction,
   LeaseNotFoundError,
   PermissionDeniedError,
+  type WatchBatch,
 } from "../fetch.ts";
 import {
   applyUpdates,
@@ -35,6 +36,7 @@ import {
   textToBase64,
   toBase64,
 } from "../src/etcd/gateway.ts";
+import { idleTimeoutFetch } from "../harness/idle_fetch.ts";
 import { EtcdCluster } from "../harness/etcd_cluster.ts";
 import { freePort, readMetric, startEtcd } from "../harness/etcd_server.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
@@ -55,8 +57,11 @@ const quiet = { onError: () => {} };
 /** The next batch of a resolver or a watch, failing after `ms`. */
 async function next<T>(it: AsyncIterator<T>, ms = 15_000): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
+  const pending = it.next();
+  // When the bound wins, the read may still fail later (as the test ends): that is no news.
+  pending.catch(() => {});
   const result = await Promise.race([
-    it.next(),
+    pending,
     new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`no batch within ${ms} ms`)), ms);
     }),
@@ -942,6 +947,184 @@ Deno.test("fetch: a frozen member (SIGSTOP) is noticed by the heartbeat and the 
   } finally {
     frozen!.resume();
   }
+});
+
+/** A batch's events as lines: `put k=v`, `delete k`. */
+function shown(batch: WatchBatch): string[] {
+  return batch.events.map((e) =>
+    e.type === "put" ? `put ${e.kv.key}=${new TextDecoder().decode(e.kv.value)}` : `delete ${e.key}`
+  );
+}
+
+/** The next `count` events of a watch, as {@linkcode shown} lines. */
+async function events(it: AsyncIterator<WatchBatch>, count: number): Promise<string[]> {
+  const seen: string[] = [];
+  while (seen.length < count) seen.push(...shown(await next(it)));
+  return seen;
+}
+
+/** A `fetch` that records the host of every request, and the body of every watch it opens. */
+function recordingWatches(
+  inner: FetchFunction = fetch,
+): { fetch: FetchFunction; watches: { host: string; body: unknown }[]; hosts: string[] } {
+  const watches: { host: string; body: unknown }[] = [];
+  const hosts: string[] = [];
+  return {
+    watches,
+    hosts,
+    fetch: (url, init) => {
+      hosts.push(new URL(url).origin);
+      if (url.endsWith("/v3/watch")) {
+        watches.push({ host: new URL(url).origin, body: JSON.parse(String(init.body)) });
+      }
+      return inner(url, init);
+    },
+  };
+}
+
+Deno.test("fetch: a watch whose connection died silently is reopened after six quiet heartbeats, missing and repeating nothing", async () => {
+  await using etcd = await startEtcd();
+  await using writer = connectFetch({ hosts: etcd.endpoint });
+  await using proxy = await TcpProxy.start(etcd.endpoint);
+  const { fetch, watches } = recordingWatches();
+  await using client = connectFetch({ hosts: proxy.endpoint, fetch, dialTimeout: 1000 });
+  const start = await writer.put("w/a", "1");
+  const stop = new AbortController();
+  const it = client.watch("w/", { startRevision: start, signal: stop.signal, heartbeat: 200 })
+    [Symbol.asyncIterator]();
+  assert.deepEqual(shown(await next(it)), [], "created");
+  assert.deepEqual(await events(it, 1), ["put w/a=1"]);
+  // A NAT or load balancer forgets the connection: no FIN, no RST; the member stays healthy.
+  assert.equal(proxy.drop("POST /v3/watch"), 1);
+  await writer.put("w/b", "2");
+  await writer.delete("w/a");
+  assert.deepEqual(await events(it, 2), ["put w/b=2", "delete w/a"]);
+  assert.ok(watches.length >= 2, "watched again");
+  const resumed = watches[1]!.body as { create_request: { start_revision: string } };
+  assert.equal(resumed.create_request.start_revision, String(start + 1), "after the last event");
+  await writer.put("w/c", "3");
+  assert.deepEqual(await events(it, 1), ["put w/c=3"], "nothing repeated");
+  stop.abort();
+  assert.deepEqual(await it.next(), { done: true, value: undefined });
+});
+
+Deno.test("fetch: an idle watch with a heartbeat reopens its stream after six quiet periods, without an error, from where it started", async () => {
+  await using etcd = await startEtcd();
+  await using writer = connectFetch({ hosts: etcd.endpoint });
+  const { fetch, watches } = recordingWatches();
+  await using client = connectFetch({ hosts: etcd.endpoint, fetch });
+  const start = await writer.put("idle/x", "0") + 1;
+  const stop = new AbortController();
+  const it = client.watch("idle/", { startRevision: start, signal: stop.signal, heartbeat: 100 })
+    [Symbol.asyncIterator]();
+  assert.deepEqual(shown(await next(it)), [], "created");
+  let settled = false;
+  const pending = it.next().finally(() => settled = true);
+  pending.catch(() => {}); // awaited below; not left unhandled should the test fail first
+  await until("the stream reopened twice", 10_000, () => watches.length >= 3);
+  assert.equal(settled, false, "no error, no batch: a routine reopen is not the caller's business");
+  for (const { body } of watches) {
+    assert.deepEqual(body, {
+      create_request: {
+        key: textToBase64("idle/"),
+        range_end: textToBase64("idle0"),
+        start_revision: String(start),
+      },
+    });
+  }
+  await until("etcd serves one watch", 5000, async () => {
+    return await readMetric(etcd.endpoint, WATCHERS) === 1;
+  });
+  await writer.put("idle/a", "1");
+  const batch = await pending;
+  assert.deepEqual(batch.done === false && shown(batch.value), ["put idle/a=1"]);
+  await writer.put("idle/b", "2");
+  assert.deepEqual(await events(it, 1), ["put idle/b=2"], "nothing repeated");
+  stop.abort();
+  assert.deepEqual(await it.next(), { done: true, value: undefined });
+  await until("etcd serves no watch", 5000, async () => {
+    return await readMetric(etcd.endpoint, WATCHERS) === 0;
+  });
+});
+
+Deno.test("fetch: a compaction past what a silently dropped watch missed surfaces as CompactedError", async () => {
+  await using etcd = await startEtcd();
+  await using writer = connectFetch({ hosts: etcd.endpoint });
+  await using proxy = await TcpProxy.start(etcd.endpoint);
+  await using client = connectFetch({ hosts: proxy.endpoint, dialTimeout: 1000 });
+  const start = await writer.put("c/a", "0") + 1;
+  const it = client.watch("c/", { startRevision: start, heartbeat: 200 })[Symbol.asyncIterator]();
+  await next(it);
+  assert.equal(proxy.drop("POST /v3/watch"), 1);
+  let revision = 0;
+  for (let i = 0; i < 5; i++) revision = await writer.put("c/a", String(i));
+  const compacted = await fetch(`${etcd.endpoint}/v3/kv/compaction`, {
+    method: "POST",
+    body: JSON.stringify({ revision: String(revision), physical: true }),
+  });
+  assert.equal(compacted.status, 200, await compacted.text());
+  await assert.rejects(next(it), (e: Error) => {
+    assert.ok(e instanceof CompactedError, String(e));
+    assert.equal(e.compactRevision, revision);
+    return true;
+  });
+});
+
+Deno.test("fetch: register() heals a delete its key watch missed on a silently dropped connection, reporting nothing", async () => {
+  await using etcd = await startEtcd();
+  await using outside = connectFetch({ hosts: etcd.endpoint });
+  await using proxy = await TcpProxy.start(etcd.endpoint);
+  await using client = connectFetch({ hosts: proxy.endpoint, dialTimeout: 1000 });
+  const errors: Error[] = [];
+  // TTL 3 s: a heartbeat every second, so the key watch is reopened after 6 s of silence.
+  await using reg = await register(client, "svc/echo", { addr: "10.0.0.1:1" }, {
+    ttl: 3,
+    onError: (e) => errors.push(e),
+  });
+  await until("the key watch open", 5000, async () => {
+    return await readMetric(etcd.endpoint, WATCHERS) === 1;
+  });
+  assert.equal(proxy.drop("POST /v3/watch"), 1);
+  await outside.delete(reg.key);
+  const back = await until("the key back in etcd", 20_000, async () => {
+    return (await outside.get(reg.key)).kvs.length === 1;
+  });
+  console.log(`key back ${back} ms after the outside delete`);
+  await until("registered", 2000, () => reg.state === "registered");
+  assert.deepEqual(errors, []);
+});
+
+Deno.test("fetch: a watch stream ended by an idle timeout of the runtime is reopened without an error, and its host is not avoided", async () => {
+  await using etcd = await startEtcd();
+  await using writer = connectFetch({ hosts: etcd.endpoint });
+  await using idle = await idleTimeoutFetch(1500);
+  const { fetch, watches, hosts } = recordingWatches(idle.fetch);
+  const dead = `http://127.0.0.1:${await freePort()}`;
+  await using client = connectFetch({ hosts: [etcd.endpoint, dead], fetch, dialTimeout: 1000 });
+  const start = await writer.put("t/x", "0") + 1;
+  const stop = new AbortController();
+  const it = client.watch("t/", { startRevision: start, signal: stop.signal })
+    [Symbol.asyncIterator]();
+  {
+    using _order = randomSequence(0.9); // etcd first, then the dead host
+    assert.deepEqual(shown(await next(it)), [], "created");
+  }
+  let settled = false;
+  const pending = it.next().finally(() => settled = true);
+  pending.catch(() => {}); // awaited below; not left unhandled should the test fail first
+  await until("the stream reopened twice", 15_000, () => watches.length >= 3);
+  assert.equal(settled, false, "no error");
+  {
+    // Were etcd avoided, this order would put the dead host first.
+    using _order = randomSequence(0.9);
+    await client.get("t/x");
+  }
+  assert.ok(!hosts.includes(dead), "the dead host was never tried");
+  await writer.put("t/a", "1");
+  const batch = await pending;
+  assert.deepEqual(batch.done === false && shown(batch.value), ["put t/a=1"]);
+  stop.abort();
+  assert.deepEqual(await it.next(), { done: true, value: undefined });
 });
 
 Deno.test("fetch: after cut-offs resolve() misses no change and repeats none", async () => {

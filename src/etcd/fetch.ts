@@ -67,6 +67,23 @@ export interface ConnectFetchOptions {
 
 /** How long a host whose request failed or hung goes to the back of the line, in ms. */
 const AVOID_MS = 5000;
+/**
+ * A watch stream with a heartbeat that stays silent this many periods is
+ * reopened: its connection may have died without a word (a NAT, proxy or load
+ * balancer that forgot an idle connection sends no FIN or RST).
+ */
+const QUIET_PERIODS = 6;
+/**
+ * The longest such a stream stays silent, in ms, whatever the heartbeat: well
+ * under the idle timeouts that end a silent response body in Node (undici's
+ * `bodyTimeout`) and Bun (its fetch `timeout`), 300 s each by default.
+ */
+const MAX_QUIET_MS = 60_000;
+/**
+ * A stream that ends by itself is reopened quietly only if it lasted this long,
+ * in ms: one that ends at once goes to the caller, who backs off.
+ */
+const MIN_STREAM_MS = 1000;
 
 const encoder = new TextEncoder();
 
@@ -205,6 +222,17 @@ interface OpenWatch {
   readonly created: WatchBatch;
   /** The auth token the watch was opened with. */
   readonly token: string | undefined;
+}
+
+/** One HTTP stream of a watch, from etcd's "created" on. */
+interface WatchStream extends OpenWatch {
+  readonly host: Host;
+  /** Aborts the request; registered for close() while the stream is open. */
+  readonly controller: AbortController;
+  /** When etcd created it. */
+  readonly opened: number;
+  /** Reads the stream until it ends; settles once nothing more comes from it. */
+  pump?: Promise<void>;
 }
 
 class FetchClient implements EtcdClient {
@@ -426,7 +454,14 @@ class FetchClient implements EtcdClient {
     operation: string,
     path: string,
     exchange: (attempt: Attempt) => Promise<Outcome<T>>,
-    options: { lease?: string; timeout?: number; signal?: AbortSignal; keep?: boolean } = {},
+    options: {
+      lease?: string;
+      timeout?: number;
+      signal?: AbortSignal;
+      keep?: boolean;
+      /** The host to try first, when it is one of the client's. */
+      first?: Host;
+    } = {},
   ): Promise<{ value: T; host: Host; controller: AbortController }> {
     if (this.#closed) throw new ClientClosedError();
     const started = Date.now();
@@ -436,7 +471,10 @@ class FetchClient implements EtcdClient {
       options.timeout === undefined
         ? this.#timeout
         : Math.min(this.#timeout, options.timeout - (Date.now() - started));
-    hosts: for (const host of this.#order()) {
+    const order = this.#order();
+    const first = options.first ? order.indexOf(options.first) : -1;
+    if (first > 0) order.unshift(...order.splice(first, 1));
+    hosts: for (const host of order) {
       const context: RequestContext = {
         host: host.name,
         path,
@@ -634,13 +672,17 @@ class FetchClient implements EtcdClient {
     }
   }
 
-  /** Opens a watch on the first host that creates it, and reads etcd's "created". */
-  #openWatch(
+  /**
+   * Opens a watch on the first host that creates it (`first` first, when
+   * given), and reads etcd's "created".
+   */
+  async #openWatch(
     operation: string,
     request: unknown,
-    signal: AbortSignal | undefined,
-  ): Promise<{ value: OpenWatch; host: Host; controller: AbortController }> {
-    return this.#run<OpenWatch>(
+    signal: AbortSignal,
+    first?: Host,
+  ): Promise<WatchStream> {
+    const { value, host, controller } = await this.#run<OpenWatch>(
       operation,
       "/v3/watch",
       async ({ host, token, signal, context }) => {
@@ -683,8 +725,16 @@ class FetchClient implements EtcdClient {
           if (!open) await lines.cancel();
         }
       },
-      { signal, keep: true },
+      { signal, keep: true, first },
     );
+    return { ...value, host, controller, opened: Date.now() };
+  }
+
+  /** Ends a watch stream's request and body; its pump then returns quietly. */
+  async #endStream(stream: WatchStream): Promise<void> {
+    stream.controller.abort();
+    this.#inflight.delete(stream.controller);
+    await stream.lines.cancel();
   }
 
   /**
@@ -709,60 +759,98 @@ class FetchClient implements EtcdClient {
     }
   }
 
+  /** Whether `host` answers a {@linkcode #probe} within the dial timeout. */
+  async #answers(host: Host, key: string, signal: AbortSignal): Promise<boolean> {
+    const { controller, release } = this.#controller(this.#timeout);
+    const stop = () => controller.abort();
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      await this.#probe(host, key, controller.signal);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      signal.removeEventListener("abort", stop);
+      release();
+    }
+  }
+
+  /**
+   * Watches over one HTTP stream at a time. The stream is replaced, where it
+   * left off (the revision after the last event delivered, or `startRevision`),
+   * without a word to the caller, when it stays silent for {@linkcode
+   * QUIET_PERIODS} heartbeats (at most {@linkcode MAX_QUIET_MS}) while its
+   * member answers the heartbeat, and when it ends or breaks by itself after
+   * {@linkcode MIN_STREAM_MS} while its member still answers: an idle timeout of
+   * the runtime, a proxy or a load balancer. A member that answers neither the
+   * watch nor the heartbeat, a stream that ends otherwise, and a reopen that no
+   * host serves (a compaction included) fail the iterator.
+   */
   async *watch(prefix: string, options: WatchOptions): AsyncIterable<WatchBatch> {
     const { startRevision, signal, exact = false, heartbeat } = options;
     if (signal?.aborted) return;
     const bytes = encoder.encode(prefix);
     const key = toBase64(bytes);
+    const rangeEnd = exact ? undefined : toBase64(prefixEnd(bytes));
     const operation = `watching ${JSON.stringify(prefix)}`;
-    const request = {
-      create_request: {
-        key,
-        range_end: exact ? undefined : toBase64(prefixEnd(bytes)),
-        start_revision: startRevision > 0 ? String(startRevision) : undefined,
-      },
-    };
-    let opened: { value: OpenWatch; host: Host; controller: AbortController };
+    // Aborted once the watch is over, however it ends: stops reopening and probing.
+    const over = new AbortController();
+    const end = () => over.abort();
+    signal?.addEventListener("abort", end, { once: true });
+    const open = (from: number, first?: Host) =>
+      this.#openWatch(
+        operation,
+        {
+          create_request: {
+            key,
+            range_end: rangeEnd,
+            start_revision: from > 0 ? String(from) : undefined,
+          },
+        },
+        over.signal,
+        first,
+      );
+    let stream: WatchStream;
     try {
-      opened = await this.#openWatch(operation, request, signal);
+      stream = await open(startRevision);
     } catch (error) {
-      if (signal?.aborted && !this.#closed) return;
+      signal?.removeEventListener("abort", end);
+      if (over.signal.aborted && !this.#closed) return;
       throw error;
     }
-    const { value: { lines, created, token }, host, controller } = opened;
-    if (signal?.aborted) {
-      controller.abort();
-      this.#inflight.delete(controller);
-      await lines.cancel();
+    if (over.signal.aborted) {
+      signal?.removeEventListener("abort", end);
+      await this.#endStream(stream);
       return;
     }
-    const context: RequestContext = {
-      host: host.name,
-      path: "/v3/watch",
-      operation,
-      user: this.#auth?.username,
-    };
     const queue = new Queue<WatchBatch>();
-    const stop = () => queue.end();
-    signal?.addEventListener("abort", stop, { once: true });
-    queue.push(created);
-    // Whether a heartbeat went unanswered: no probe answer and no message since it was sent.
+    over.signal.addEventListener("abort", () => queue.end(), { once: true });
+    const fail = (error: Error) => {
+      queue.fail(error);
+      over.abort();
+    };
+    queue.push(stream.created);
+    /** The first revision not delivered yet: where a new stream starts. */
+    let resume = startRevision > 0 ? startRevision : stream.created.revision + 1;
+    /** When the current stream last sent a message, or opened. */
+    let heard = Date.now();
+    /** Whether a heartbeat went unanswered: no probe answer and no message since it was sent. */
     let waiting = false;
-    const pump = (async () => {
+    let reopening: Promise<void> | undefined;
+
+    const pump = async (current: WatchStream): Promise<void> => {
+      const context: RequestContext = {
+        host: current.host.name,
+        path: "/v3/watch",
+        operation,
+        user: this.#auth?.username,
+      };
+      let broke: { error: unknown } | undefined;
       try {
         while (true) {
-          const line = await lines.next();
-          if (line === undefined) {
-            if (this.#closed) {
-              queue.fail(new ClientClosedError());
-            } else if (!controller.signal.aborted) {
-              this.#avoid(host);
-              queue.fail(
-                new Error(`etcd at ${host.name} ended the watch stream while ${operation}`),
-              );
-            }
-            return;
-          }
+          const line = await current.lines.next();
+          if (line === undefined) break;
+          heard = Date.now();
           waiting = false;
           const parsed = parseJson(line);
           const status = readStatus(parsed);
@@ -778,49 +866,104 @@ class FetchClient implements EtcdClient {
                 String(result.cancel_reason ?? ""),
                 context,
               );
-            if (verdict.retry === "host") this.#avoid(host);
+            if (verdict.retry === "host") this.#avoid(current.host);
             if (verdict.retry === "token") {
-              this.#forgetToken(token ?? "");
-              queue.fail(
+              this.#forgetToken(current.token ?? "");
+              fail(
                 new Error(
                   `${verdict.error.message} (the auth token is renewed for the next attempt)`,
                   { cause: verdict.error },
                 ),
               );
             } else {
-              queue.fail(verdict.error);
+              fail(verdict.error);
             }
             return;
           }
-          const events = Array.isArray(result.events) ? result.events.filter(isRecord) : [];
-          queue.push({ revision: revisionOf(result), events: events.map(toEvent) });
+          const events = Array.isArray(result.events)
+            ? result.events.filter(isRecord).map(toEvent)
+            : [];
+          for (const event of events) {
+            const revision = event.type === "put" ? event.kv.modRevision : event.modRevision;
+            if (revision >= resume) resume = revision + 1;
+          }
+          queue.push({ revision: revisionOf(result), events });
         }
       } catch (error) {
-        if (this.#closed) {
-          queue.fail(new ClientClosedError({ cause: error }));
-        } else if (!controller.signal.aborted) {
-          this.#avoid(host);
-          queue.fail(
-            new Error(
-              `the watch stream from etcd at ${host.name} broke while ${operation}: ${
-                describe(error)
-              }`,
-              { cause: error },
-            ),
-          );
-        }
+        broke = { error };
       }
-    })();
+      if (this.#closed) {
+        fail(new ClientClosedError(broke && { cause: broke.error }));
+      } else if (!current.controller.signal.aborted) {
+        reopen(current, broke ?? {});
+      }
+    };
+
+    /**
+     * Replaces `old` with a stream from {@linkcode resume}: at once after a
+     * silence (`ended` undefined), or, for a stream that ended by itself, when
+     * it lasted and its member still answers; else the watch fails.
+     */
+    const reopen = (old: WatchStream, ended?: { error?: unknown }): void => {
+      if (reopening || over.signal.aborted) return;
+      reopening = (async () => {
+        await this.#endStream(old);
+        await old.pump; // every message it read is delivered before `resume` is read
+        if (ended) {
+          const routine = Date.now() - old.opened >= MIN_STREAM_MS &&
+            await this.#answers(old.host, key, over.signal);
+          if (over.signal.aborted) return;
+          if (this.#closed) return fail(new ClientClosedError());
+          if (!routine) {
+            this.#avoid(old.host);
+            return fail(
+              "error" in ended
+                ? new Error(
+                  `the watch stream from etcd at ${old.host.name} broke while ${operation}: ${
+                    describe(ended.error)
+                  }`,
+                  { cause: ended.error },
+                )
+                : new Error(`etcd at ${old.host.name} ended the watch stream while ${operation}`),
+            );
+          }
+        }
+        let next: WatchStream;
+        try {
+          next = await open(resume, old.host);
+        } catch (error) {
+          if (!over.signal.aborted) fail(asError(error));
+          return;
+        }
+        if (over.signal.aborted) return await this.#endStream(next);
+        stream = next;
+        heard = Date.now();
+        waiting = false;
+        next.pump = pump(next);
+      })().finally(() => reopening = undefined);
+    };
+
+    stream.pump = pump(stream);
+    const quiet = heartbeat !== undefined && heartbeat > 0
+      ? Math.min(QUIET_PERIODS * heartbeat, MAX_QUIET_MS)
+      : undefined;
     let probe: { controller: AbortController; done: Promise<void> } | undefined;
-    const timer = heartbeat === undefined || !(heartbeat > 0) ? undefined : setInterval(() => {
+    const timer = quiet === undefined ? undefined : setInterval(() => {
+      if (reopening || over.signal.aborted) return;
+      const current = stream;
       if (waiting) {
-        this.#avoid(host);
-        queue.fail(
+        this.#avoid(current.host);
+        fail(
           new Error(
-            `etcd at ${host.name} did not answer for ${heartbeat} ms while ${operation} ` +
+            `etcd at ${current.host.name} did not answer for ${heartbeat} ms while ${operation} ` +
               "(a frozen or unreachable member); watching again",
           ),
         );
+        return;
+      }
+      if (Date.now() - heard >= quiet) {
+        // The member answers, the stream has said nothing for long: its connection may be dead.
+        reopen(current);
         return;
       }
       waiting = true;
@@ -828,7 +971,7 @@ class FetchClient implements EtcdClient {
       const { controller: probing, release } = this.#controller();
       probe = {
         controller: probing,
-        done: this.#probe(host, key, probing.signal).then(() => {
+        done: this.#probe(current.host, key, probing.signal).then(() => {
           waiting = false;
         }, () => {}).finally(() => {
           release();
@@ -840,11 +983,11 @@ class FetchClient implements EtcdClient {
       yield* queue;
     } finally {
       clearInterval(timer);
-      signal?.removeEventListener("abort", stop);
-      controller.abort();
-      this.#inflight.delete(controller);
-      await lines.cancel();
-      await pump;
+      signal?.removeEventListener("abort", end);
+      over.abort();
+      await reopening;
+      await this.#endStream(stream);
+      await stream.pump;
       if (probe) {
         probe.controller.abort();
         await probe.done;
