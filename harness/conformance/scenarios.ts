@@ -21,11 +21,13 @@ import {
   resolve,
   roundRobin,
   type Update,
+  type WatchBatch,
 } from "@seed/grpc-etcd";
 import { connectFetch } from "@seed/grpc-etcd/fetch";
 import { dial } from "@seed/grpc-etcd/grpc";
 import { readLines, spawnChild } from "../child.ts";
 import { EtcdHttp } from "../etcd_http.ts";
+import { idleTimeoutFetch } from "../idle_fetch.ts";
 import { startEtcd } from "../etcd_server.ts";
 import { type GreeterProcess, spawnGreeter } from "../greeter_process.ts";
 import { Greeter, sayHello, startLoneGreeter } from "../greeter.ts";
@@ -113,6 +115,63 @@ async function tour(open: (endpoint: string) => EtcdClient): Promise<string> {
   assert.equal(await http.get(b.key), undefined, "close() removes the key at once");
   assert.deepEqual(await next(it), [{ op: "delete", key: b.key }]);
   return `picks ${picks.join(" ")}; close() removed the key and the resolver saw it`;
+}
+
+/**
+ * Idle watches over connectFetch() on this runtime: one with a 200 ms
+ * heartbeat has its stream reopened after six quiet periods; one without a
+ * heartbeat whose body the runtime's own idle timeout ends (shortened, see
+ * `harness/idle_fetch.ts`) is reopened too. Neither says a word to the caller;
+ * each new stream starts where the last left off; a change made afterwards
+ * arrives once.
+ */
+async function idleWatch(): Promise<string> {
+  await using etcd = await startEtcd({ private: true });
+  const http = new EtcdHttp(etcd.endpoint);
+  await using idle = await idleTimeoutFetch(1500);
+  const run = async (
+    prefix: string,
+    inner: (url: string, init: RequestInit) => Promise<Response>,
+    heartbeat: number | undefined,
+  ) => {
+    const asked: unknown[] = [];
+    await using client = connectFetch({
+      hosts: etcd.endpoint,
+      fetch: (url, init) => {
+        if (url.endsWith("/v3/watch")) asked.push(JSON.parse(String(init.body)));
+        return inner(url, init);
+      },
+    });
+    const start = (await http.range(prefix)).revision + 1;
+    const stop = new AbortController();
+    const it = client.watch(prefix, { startRevision: start, signal: stop.signal, heartbeat })
+      [Symbol.asyncIterator]();
+    const shown = (r: IteratorResult<WatchBatch>) =>
+      r.done ? "done" : r.value.events.map((e) => e.type === "put" ? e.kv.key : e.key).join();
+    assert.equal(shown(await it.next()), "", "created");
+    let settled = false;
+    const pending = it.next().finally(() => settled = true);
+    pending.catch(() => {}); // awaited below
+    const began = Date.now();
+    await until("the stream reopened twice", 40_000, () => asked.length >= 3);
+    const took = Date.now() - began;
+    assert.equal(settled, false, "the reopens reached the caller");
+    for (const body of asked) {
+      const request = (body as { create_request: { start_revision?: string } }).create_request;
+      assert.equal(request.start_revision, String(start), "each stream starts where it began");
+    }
+    await http.put(`${prefix}a`, "1");
+    assert.equal(shown(await pending), `${prefix}a`);
+    await http.put(`${prefix}b`, "2");
+    assert.equal(shown(await it.next()), `${prefix}b`, "nothing repeated");
+    stop.abort();
+    assert.equal(shown(await it.next()), "done");
+    return `reopened twice in ${took} ms`;
+  };
+  const quiet = await run("quiet/", fetch, 200);
+  const timedOut = await run("timeout/", idle.fetch, undefined);
+  return `heartbeat 200 ms: ${quiet}; ended by ${idle.kind}: ${timedOut}; no error, ` +
+    "later puts arrived once";
 }
 
 /** A key deleted and a lease revoked by someone else: both healed. */
@@ -463,6 +522,7 @@ export const RESULT_PREFIX = "CONFORMANCE ";
 export const SCENARIOS: Readonly<Record<string, Scenario>> = {
   "tour": () => tour((endpoint) => connect({ hosts: endpoint })),
   "tour-fetch": () => tour((endpoint) => connectFetch({ hosts: endpoint })),
+  "idle-watch-fetch": idleWatch,
   "heal": heal,
   "etcd-restart": etcdRestart,
   "compaction": compaction,
