@@ -55,7 +55,10 @@ export interface WatchOptions {
    * a progress request); when it stays silent for a whole period, the iterator
    * throws, so the caller re-creates the watch, elsewhere if it can. Catches a
    * frozen member, whose TCP connection stays open, within two periods. An
-   * implementation that cannot hang may ignore it.
+   * implementation that cannot ask on the watch itself checks the member
+   * instead, and must still notice a watch whose own connection died silently
+   * (`connectFetch()` reopens a stream silent for 6 periods, where it left
+   * off). An implementation that cannot hang may ignore it.
    */
   readonly heartbeat?: number;
 }

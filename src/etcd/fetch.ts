@@ -1026,7 +1026,12 @@ class FetchClient implements EtcdClient {
  * its member every period, since etcd's gateway takes one message per request
  * body and cannot carry a progress request on the watch; a member that answers
  * neither (frozen: TCP up, nothing answers) fails the watch within two periods,
- * and the next one goes elsewhere. With `auth`, the token from
+ * and the next one goes elsewhere. That read proves the member alive, not the
+ * watch's own connection, so a watch stream silent for 6 periods (at most 60 s)
+ * while its member answers, or one that ends by itself after 1 s while its
+ * member answers (an idle timeout of the runtime, a proxy or a load balancer),
+ * is opened again from the revision after the last event delivered, without an
+ * error. With `auth`, the token from
  * `/v3/auth/authenticate` goes in the `Authorization` header and is renewed
  * whenever etcd calls it invalid or expired.
  *
