@@ -730,6 +730,41 @@ Deno.test("fetch: a watch reads messages cut anywhere, and etcd's error chunks (
   );
 });
 
+Deno.test("fetch: a watch stream reopened in the middle of a message drops the half, and the new stream delivers it whole", async () => {
+  const b64 = textToBase64;
+  const created = { result: { header: { revision: "5" }, created: true } };
+  const event = {
+    result: {
+      header: { revision: "6" },
+      events: [{ kv: { key: b64("p/a"), value: b64("1"), mod_revision: "6" } }],
+    },
+  };
+  const half = new TextEncoder().encode(JSON.stringify(event).slice(0, 30));
+  let watches = 0;
+  const { fetch } = standIn((call) => {
+    if (!call.url.endsWith("/v3/watch")) return ok(6);
+    if (++watches > 1) return streamed([created, event]);
+    // The first stream says "created", then half a message, then nothing.
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(JSON.stringify(created) + "\n"));
+          controller.enqueue(half);
+        },
+      }),
+    );
+  });
+  await using client = connectFetch({ hosts: "http://e:1", fetch });
+  const stop = new AbortController();
+  const it = client.watch("p/", { startRevision: 6, signal: stop.signal, heartbeat: 50 })
+    [Symbol.asyncIterator]();
+  assert.deepEqual(shown(await next(it)), [], "created");
+  assert.deepEqual(shown(await next(it)), ["put p/a=1"]);
+  assert.equal(watches, 2);
+  stop.abort();
+  assert.deepEqual(await it.next(), { done: true, value: undefined });
+});
+
 Deno.test("fetch: a 200 that is not etcd's JSON, or a redirect, is no answer from etcd", async () => {
   const { fetch } = standIn((call) =>
     call.url.startsWith("http://web:1")

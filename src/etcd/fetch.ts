@@ -849,7 +849,9 @@ class FetchClient implements EtcdClient {
       try {
         while (true) {
           const line = await current.lines.next();
-          if (line === undefined) break;
+          // Ended here (to reopen, or the watch is over): a line read now, maybe cut short by the
+          // end, is dropped; a new stream starts before it.
+          if (line === undefined || current.controller.signal.aborted) break;
           heard = Date.now();
           waiting = false;
           const parsed = parseJson(line);
