@@ -76,7 +76,8 @@ const QUIET_PERIODS = 6;
 /**
  * The longest such a stream stays silent, in ms, whatever the heartbeat: well
  * under the idle timeouts that end a silent response body in Node (undici's
- * `bodyTimeout`) and Bun (its fetch `timeout`), 300 s each by default.
+ * `bodyTimeout`, 300 s by default) and Bun (its fetch `timeout`, 5 minutes or
+ * more).
  */
 const MAX_QUIET_MS = 60_000;
 /**
