@@ -10,7 +10,9 @@ import {
   type Balancer,
   type BalancerContext,
   connect,
+  encodeEndpoint,
   type Endpoint,
+  endpointKey,
   register,
   roundRobin,
 } from "../mod.ts";
@@ -24,10 +26,14 @@ import {
   type HelloReply,
   sayHello,
   startGreeter,
+  startLoneGreeter,
 } from "../harness/greeter.ts";
 import { type GreeterProcess, spawnGreeter } from "../harness/greeter_process.ts";
 import { Load, untilAllAnswer } from "../harness/load.ts";
 import { until } from "../harness/wait.ts";
+import type { BalancedChannel } from "../src/grpc/balanced_channel.ts";
+import type { Instance } from "../src/grpc/instance.ts";
+import { PickedCall } from "../src/grpc/picked_call.ts";
 
 const SERVICE = "svc/lb";
 const RETRY_UNAVAILABLE = {
@@ -719,5 +725,132 @@ Deno.test("dial: a slow call with a deadline 30 days away is answered, not cut o
     assert.equal(outcome, "hello x");
   } finally {
     greeter.close();
+  }
+});
+
+Deno.test("dial: a retry picked between an instance's removal from etcd and the next picker rebuild never goes to its closed channel", async () => {
+  await using etcd = memoryClient();
+  const service = "svc/leaving";
+  const a = await startLoneGreeter("a");
+  const b = await startLoneGreeter("b");
+  await etcd.put(endpointKey(service, a.addr), encodeEndpoint({ addr: a.addr }));
+  await etcd.put(endpointKey(service, b.addr), encodeEndpoint({ addr: b.addr }));
+  const greeter = dial(etcd, service, Greeter, { onError: () => {} });
+  const channel = greeter.getChannel() as unknown as BalancedChannel;
+  // Attempts made on the channel directly, as a RetryingCall makes them.
+  const attempts: PickedCall[] = [];
+  const ended = new Set<PickedCall>();
+  const attempt = (avoid?: Instance[]) => {
+    const made = new PickedCall(
+      channel,
+      "/helloworld.Greeter/SayHello",
+      Date.now() + 10_000,
+      undefined,
+      null,
+      0,
+      { waitForReady: false, previousAttempts: avoid ? 1 : 0, avoid, credentials: undefined },
+    );
+    attempts.push(made);
+    made.start(new grpc.Metadata(), {
+      onAttemptMetadata() {},
+      onAttemptMessage() {},
+      onAttemptStatus: (_status, which) => void ended.add(which),
+    });
+    return made;
+  };
+  try {
+    await untilAllAnswer(greeter, 2);
+    // Round robin binds two attempts to the two instances: their Instance objects.
+    const firstTwo = [attempt(), attempt()];
+    const instanceOf = (addr: string) => firstTwo.find((x) => x.instance?.endpoint.addr === addr)!;
+    const instanceA = instanceOf(a.addr).instance!;
+    const instanceB = instanceOf(b.addr).instance!;
+    for (const x of firstTwo) x.cancel(grpc.status.CANCELLED, "only wanted the instances");
+    await until("both attempts ended", 5000, () => firstTwo.every((x) => ended.has(x)));
+    // b leaves etcd: with no call running on it, its channel is closed at once, and the
+    // picker is rebuilt on a timer. Retries that avoid a are picked in between, as a retry
+    // timer due before the rebuild's would be.
+    const retries: { on?: string; threw?: string }[] = [];
+    const close = instanceB.channel.close.bind(instanceB.channel);
+    instanceB.channel.close = () => {
+      close();
+      queueMicrotask(() => {
+        for (let i = 0; i < 2; i++) {
+          try {
+            const retry = attempt([instanceA]);
+            retries.push({ on: retry.instance?.endpoint.addr ?? "queued" });
+          } catch (error) {
+            retries.push({ threw: (error as Error).message });
+          }
+        }
+      });
+    };
+    await etcd.delete(endpointKey(service, b.addr));
+    await until("b's channel closed and two retries picked", 5000, () => retries.length === 2);
+    assert.equal(instanceB.state, grpc.connectivityState.SHUTDOWN);
+    for (const retry of retries) {
+      assert.equal(retry.threw, undefined);
+      assert.notEqual(retry.on, b.addr);
+    }
+    // Once the picker is rebuilt, the queued one goes to a, the only instance left.
+    const [first, second] = attempts.slice(2);
+    await until(
+      "both retries bound to a",
+      5000,
+      () => first!.instance === instanceA && second!.instance === instanceA,
+    );
+    assert.ok(!ended.has(first!) && !ended.has(second!));
+  } finally {
+    for (const x of attempts) if (!ended.has(x)) x.cancel(grpc.status.CANCELLED, "test over");
+    await until("every attempt ended", 5000, () => attempts.every((x) => ended.has(x)));
+    greeter.close();
+    a.close();
+    b.close();
+  }
+});
+
+Deno.test("dial: calls retried with no backoff while an instance leaves etcd and comes back, again and again, all settle", async () => {
+  await using etcd = memoryClient();
+  const service = "svc/coming-going";
+  await using _a = await startGreeter(etcd, service, "a", { drainMs: 0 }, {
+    failWith: () => grpc.status.UNAVAILABLE,
+  });
+  const b = await startLoneGreeter("b");
+  const retryPolicy = {
+    ...RETRY_UNAVAILABLE,
+    maxAttempts: 5,
+    initialBackoff: "0s",
+    maxBackoff: "0s",
+    backoffMultiplier: 1,
+  };
+  const greeter = dial(etcd, service, Greeter, {
+    channelOptions: serviceConfig({
+      methodConfig: [{ name: [{ service: "helloworld.Greeter" }], retryPolicy }],
+    }),
+    onError: () => {},
+  });
+  const { load } = running({ load: new Load(greeter, { workers: 20, pauseMs: 0 }) });
+  try {
+    for (let cycle = 0; cycle < 30; cycle++) {
+      await etcd.put(endpointKey(service, b.addr), encodeEndpoint({ addr: b.addr }));
+      const before = b.calls;
+      await until("b answers", 5000, () => b.calls > before + 5);
+      const failed = load.failures.length;
+      await etcd.delete(endpointKey(service, b.addr));
+      await until("a call fails while b is away", 5000, () => load.failures.length > failed);
+    }
+    await stopLoads();
+    const answered = load.records.length - load.failures.length;
+    console.log(
+      `${load.records.length} calls over 30 comings and goings of b: ${answered} answered by b, ` +
+        `${load.failures.length} failed by a`,
+    );
+    // Every call settled (stop() waited for each), with b's answer or a's failure.
+    for (const f of load.failures) assert.ok(failedBy(f.details, "a"), f.details);
+    assert.ok(answered > 30 * 5, `${answered} answered`);
+  } finally {
+    await stopLoads();
+    greeter.close();
+    b.close();
   }
 });

@@ -83,12 +83,20 @@ class FakeInstance {
   readonly target: string;
   readonly calls: FakeCall[] = [];
   inflight = 0;
+  /** Its channel is closed: `createCall` throws, as grpc-js's does. */
+  shutDown = false;
   readonly channel = {
-    createCall: (_method: string, deadline: number) => new FakeCall(this, deadline),
+    createCall: (_method: string, deadline: number) => {
+      if (this.shutDown) throw new Error("Channel has been shut down");
+      return new FakeCall(this, deadline);
+    },
   };
   constructor(addr: string) {
     this.endpoint = { addr };
     this.target = `dns:${addr}`;
+  }
+  describe() {
+    return `instance ${this.endpoint.addr}`;
   }
 }
 
@@ -395,4 +403,44 @@ Deno.test("RetryingCall: a message past the replay buffer commits the call; thro
   await clock.settle();
   last(router).end(UNAVAILABLE, "not even transparently");
   assert.equal(off.seen.status?.details, "not even transparently");
+});
+
+Deno.test("RetryingCall: an attempt whose instance's channel refuses the call (closed) ends UNAVAILABLE, not reached, and goes to another instance; nothing throws", async () => {
+  using clock = fakeTime();
+  const router = new FakeRouter("a:1", "b:1");
+  router.instances[0]!.shutDown = true;
+  // Picked from inside a timer, as a retry is: a throw there would be uncaught.
+  let thrown: unknown;
+  let started: ReturnType<typeof startCall> | undefined;
+  setTimeout(() => {
+    try {
+      started = startCall(router, NO_POLICY);
+    } catch (error) {
+      thrown = error;
+    }
+  }, 0);
+  await clock.tick(0);
+  assert.equal(thrown, undefined);
+  await clock.settle();
+  // Sent again at once (a transparent retry), to b.
+  const second = last(router);
+  assert.equal(second.instance.endpoint.addr, "b:1");
+  assert.deepEqual(second.messages.map(String), ["hi"]);
+  second.reached().headers();
+  second.message("pong");
+  second.end(grpc.status.OK, "OK");
+  assert.equal(started!.seen.status?.code, grpc.status.OK);
+  assert.deepEqual(started!.seen.messages, ["pong"]);
+  // Not counted: no call ran on a (its count of running calls never moved).
+  assert.deepEqual(router.ended, [["b:1", grpc.status.OK, true]]);
+  assert.equal(router.instances[0]!.inflight, 0);
+  // With both refusing, the call ends UNAVAILABLE naming the instance and the reason.
+  router.instances[1]!.shutDown = true;
+  const failing = startCall(router, NO_POLICY);
+  await clock.settle();
+  assert.equal(failing.seen.status?.code, UNAVAILABLE);
+  assert.match(
+    failing.seen.status!.details,
+    /^grpc-etcd: could not start a call on instance [ab]:1: Channel has been shut down$/,
+  );
 });

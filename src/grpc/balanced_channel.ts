@@ -241,6 +241,8 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
   #closeInstance(instance: Instance): void {
     if (instance.closed) return;
     instance.closed = true;
+    // Not READY any more for the pickers of this turn: #watch no longer follows its channel.
+    instance.state = SHUTDOWN;
     this.#health.get(instance)?.stop();
     this.#health.delete(instance);
     instance.channel.close();
@@ -455,15 +457,22 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
   /**
    * A ready instance of the picker's list that is not in `avoid`, for a retry
    * (gRFC A6: a retry should go to another instance when it can), or none.
+   * The list was built at the last rebuild: an instance gone since (removed
+   * from etcd, its channel closed) is skipped.
    */
   #another(avoid: readonly Instance[]): Instance | undefined {
     const list = this.#chosen;
     const start = Math.floor(this.random() * list.length);
     for (let i = 0; i < list.length; i++) {
       const candidate = list[(start + i) % list.length]!;
-      if (!avoid.includes(candidate) && candidate.effectiveState() === READY) return candidate;
+      if (this.#usable(candidate) && !avoid.includes(candidate)) return candidate;
     }
     return undefined;
+  }
+
+  /** Whether `instance` is still one of the channel's instances and ready. */
+  #usable(instance: Instance): boolean {
+    return this.#instances.get(instance.key) === instance && instance.effectiveState() === READY;
   }
 
   /** Why a call cannot be picked an instance now (the channel is in TRANSIENT_FAILURE). */

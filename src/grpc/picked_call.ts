@@ -176,13 +176,26 @@ export class PickedCall {
     const deadline = Number.isFinite(this.#deadline)
       ? Math.min(this.#deadline, Date.now() + MAX_FORWARDED_TIMEOUT_MS)
       : this.#deadline;
-    const call = instance.channel.createCall(
-      this.#method,
-      deadline,
-      this.#host,
-      this.#parent,
-      this.#flags,
-    );
+    let call: Call;
+    try {
+      call = instance.channel.createCall(
+        this.#method,
+        deadline,
+        this.#host,
+        this.#parent,
+        this.#flags,
+      );
+    } catch (thrown) {
+      // A closed channel throws ("Channel has been shut down"); bind runs in timers and in
+      // grpc-js callbacks, where a throw would be uncaught: the attempt ends, not reached.
+      this.instance = instance;
+      const why = thrown instanceof Error ? thrown.message : String(thrown);
+      this.fail(
+        grpc.status.UNAVAILABLE,
+        `grpc-etcd: could not start a call on ${instance.describe()}: ${why}`,
+      );
+      return;
+    }
     this.#call = call;
     this.instance = instance;
     instance.inflight++;
