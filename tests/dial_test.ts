@@ -342,6 +342,169 @@ Deno.test("dial: server-streaming and bidi calls run whole on the instance picke
   }
 });
 
+/** Raw bytes on the wire. */
+const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
+/** A client-streaming upload, a bidi chat and a server-streaming subscription, as raw bytes. */
+const Session = grpc.makeGenericClientConstructor({
+  Upload: {
+    path: "/test.Session/Upload",
+    requestStream: true,
+    responseStream: false,
+    requestSerialize: bytes.serialize,
+    requestDeserialize: bytes.deserialize,
+    responseSerialize: bytes.serialize,
+    responseDeserialize: bytes.deserialize,
+  },
+  Chat: {
+    path: "/test.Session/Chat",
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: bytes.serialize,
+    requestDeserialize: bytes.deserialize,
+    responseSerialize: bytes.serialize,
+    responseDeserialize: bytes.deserialize,
+  },
+  Subscribe: {
+    path: "/test.Session/Subscribe",
+    requestStream: false,
+    responseStream: true,
+    requestSerialize: bytes.serialize,
+    requestDeserialize: bytes.deserialize,
+    responseSerialize: bytes.serialize,
+    responseDeserialize: bytes.deserialize,
+  },
+}, "Session");
+type SessionClient = grpc.Client & {
+  Upload(
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: grpc.requestCallback<Buffer>,
+  ): grpc.ClientWritableStream<Buffer>;
+  Chat(metadata: grpc.Metadata, options: grpc.CallOptions): grpc.ClientDuplexStream<Buffer, Buffer>;
+  Subscribe(
+    request: Buffer,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+  ): grpc.ClientReadableStream<Buffer>;
+};
+
+/**
+ * A Session server registered under `service`: Upload refuses at the first
+ * message; Chat sends its headers (`session: s1`) at once, then echoes;
+ * Subscribe sends its headers at once, then its messages when `publish()` is
+ * called.
+ */
+async function startSession(etcd: EtcdClient, service: string) {
+  const server = new grpc.Server();
+  const subscribers = new Set<grpc.ServerWritableStream<Buffer, Buffer>>();
+  const session = () => {
+    const metadata = new grpc.Metadata();
+    metadata.set("session", "s1");
+    return metadata;
+  };
+  server.addService(Session.service, {
+    Upload(call: grpc.ServerReadableStream<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
+      call.once("data", () => callback({ code: grpc.status.PERMISSION_DENIED, details: "no" }));
+    },
+    Chat(call: grpc.ServerDuplexStream<Buffer, Buffer>) {
+      call.sendMetadata(session());
+      call.on("data", (message: Buffer) => call.write(message));
+      call.on("end", () => call.end());
+    },
+    Subscribe(call: grpc.ServerWritableStream<Buffer, Buffer>) {
+      call.sendMetadata(session());
+      subscribers.add(call);
+      call.on("cancelled", () => subscribers.delete(call));
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      grpc.ServerCredentials.createInsecure(),
+      (e, port) => e ? reject(e) : resolve(port),
+    )
+  );
+  const addr = `127.0.0.1:${port}`;
+  const registration = await register(etcd, service, { addr });
+  return {
+    addr,
+    publish(message: string) {
+      for (const call of subscribers) call.write(Buffer.from(message));
+    },
+    async [Symbol.asyncDispose]() {
+      await registration.close();
+      server.forceShutdown();
+    },
+  };
+}
+
+/** The clients the Session tests compare: dial() without and with a retry policy, and grpc-js's own channel. */
+function sessionClients(etcd: EtcdClient, service: string, addr: string) {
+  const retrying = {
+    "grpc.service_config": JSON.stringify({
+      methodConfig: [{
+        name: [{ service: "test.Session" }],
+        retryPolicy: {
+          maxAttempts: 3,
+          initialBackoff: "0.1s",
+          maxBackoff: "1s",
+          backoffMultiplier: 2,
+          retryableStatusCodes: ["UNAVAILABLE"],
+        },
+      }],
+    }),
+  };
+  return {
+    "dial()": dial(etcd, service, Session) as unknown as SessionClient,
+    "dial() with a retry policy": dial(etcd, service, Session, {
+      channelOptions: retrying,
+    }) as unknown as SessionClient,
+    "grpc-js's own channel with a retry policy": new Session(
+      addr,
+      grpc.credentials.createInsecure(),
+      retrying,
+    ) as unknown as SessionClient,
+  };
+}
+
+Deno.test("dial: after a client-streaming call's server answered early, later writes are acknowledged and end() finishes, as on grpc-js's own channel", async () => {
+  await using etcd = memoryClient();
+  await using server = await startSession(etcd, "svc/session");
+  const clients = sessionClients(etcd, "svc/session", server.addr);
+  try {
+    const outcomes: Record<string, unknown> = {};
+    for (const [name, client] of Object.entries(clients)) {
+      let status: string | undefined;
+      const call = client.Upload(
+        new grpc.Metadata({ waitForReady: true }),
+        { deadline: Date.now() + 10_000 },
+        (error) => status = error ? `${grpc.status[error.code]} ${error.details}` : "OK",
+      );
+      let acked = 0;
+      call.write(Buffer.from("first"), () => acked++);
+      await until(`${name}: the server's answer`, 5000, () => status !== undefined);
+      for (let i = 0; i < 5; i++) call.write(Buffer.from("more"), () => acked++);
+      let finished = false;
+      call.once("finish", () => finished = true);
+      call.end();
+      await until(`${name}: every write acknowledged and the stream finished`, 5000, () => {
+        return acked === 6 && finished;
+      }).catch((error) =>
+        outcomes[name] = `${error.message} (acked ${acked}, finished ${finished})`
+      );
+      outcomes[name] ??= { status, acked, finished };
+    }
+    const expected = { status: "PERMISSION_DENIED no", acked: 6, finished: true };
+    assert.deepEqual(outcomes, {
+      "dial()": expected,
+      "dial() with a retry policy": expected,
+      "grpc-js's own channel with a retry policy": expected,
+    });
+  } finally {
+    for (const client of Object.values(clients)) client.close();
+  }
+});
+
 /** Which instances answer `calls` calls, and how often. */
 async function answers(greeter: GreeterClient, calls: number): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};

@@ -42,7 +42,8 @@ class FakeCall {
   }
   sendMessageWithContext(context: { callback?: () => void }, message: Buffer) {
     this.messages.push(message);
-    queueMicrotask(() => context.callback?.());
+    // A call whose stream never opened keeps its message and never calls back (as grpc-js's).
+    if (!this.instance.stuck) queueMicrotask(() => context.callback?.());
   }
   halfClose() {
     this.halfClosed = true;
@@ -85,6 +86,8 @@ class FakeInstance {
   inflight = 0;
   /** Its channel is closed: `createCall` throws, as grpc-js's does. */
   shutDown = false;
+  /** Its calls never complete a write. */
+  stuck = false;
   readonly channel = {
     createCall: (_method: string, deadline: number) => {
       if (this.shutDown) throw new Error("Channel has been shut down");
@@ -443,4 +446,73 @@ Deno.test("RetryingCall: an attempt whose instance's channel refuses the call (c
     failing.seen.status!.details,
     /^grpc-etcd: could not start a call on instance [ab]:1: Channel has been shut down$/,
   );
+});
+
+Deno.test("RetryingCall: every write's callback is called, also for writes after the call ended and writes its attempt never completed", async (t) => {
+  using clock = fakeTime();
+  const policies: [string, MethodPolicy][] = [
+    ["no policy", NO_POLICY],
+    ["a retry policy", policyOf(RETRY)],
+  ];
+  for (const [name, policy] of policies) {
+    await t.step(name, async () => {
+      const router = new FakeRouter("a:1");
+      // A client-streaming call: messages, no half-close yet.
+      const call = new RetryingCall(router, policy, true, [
+        "/demo.Echo/Upload",
+        Infinity,
+        undefined,
+        null,
+        0,
+      ]);
+      let status: grpc.StatusObject | undefined;
+      call.start(new grpc.Metadata(), {
+        onReceiveMetadata() {},
+        onReceiveMessage() {},
+        onReceiveStatus: (s) => status = s,
+      });
+      const acked: number[] = [];
+      const write = (n: number) =>
+        call.sendMessageWithContext({ callback: () => acked.push(n) }, Buffer.from(`m${n}`));
+      write(1);
+      await clock.settle();
+      assert.deepEqual(acked, [1]);
+      // The server ends the call early, with a write of the caller still on its way.
+      router.instances[0]!.stuck = true;
+      last(router).reached().headers();
+      write(2);
+      write(3);
+      last(router).end(grpc.status.PERMISSION_DENIED, "no more");
+      assert.equal(status?.code, grpc.status.PERMISSION_DENIED);
+      write(4);
+      await clock.settle();
+      assert.deepEqual(acked, [1, 2, 3, 4]);
+    });
+  }
+  await t.step("a message kept for a retry that never comes", async () => {
+    const router = new FakeRouter("a:1");
+    router.buffer = new RetryBuffer(1 << 24, 4);
+    const call = new RetryingCall(router, policyOf(RETRY), true, [
+      "/demo.Echo/Upload",
+      Infinity,
+      undefined,
+      null,
+      0,
+    ]);
+    let status: grpc.StatusObject | undefined;
+    call.start(new grpc.Metadata(), {
+      onReceiveMetadata() {},
+      onReceiveMessage() {},
+      onReceiveStatus: (s) => status = s,
+    });
+    last(router).reached().end(UNAVAILABLE, "retry me");
+    assert.equal(router.waitingToRetry.size, 1);
+    // Too big to keep for replaying while no attempt runs: held for the next attempt.
+    let acked = false;
+    call.sendMessageWithContext({ callback: () => acked = true }, Buffer.from("too big"));
+    call.cancelWithStatus(grpc.status.CANCELLED, "Cancelled on client");
+    await clock.settle();
+    assert.equal(status?.code, grpc.status.CANCELLED);
+    assert.equal(acked, true);
+  });
 });

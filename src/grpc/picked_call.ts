@@ -69,7 +69,15 @@ export interface AttemptOptions {
 interface Write {
   readonly message: Buffer;
   readonly flags: number | undefined;
-  readonly callback: (() => void) | undefined;
+  /** The caller's write callback, until it is called (once). */
+  callback: (() => void) | undefined;
+}
+
+/** Calls a write's callback, if it has one not yet called. */
+function ack(write: Write): void {
+  const callback = write.callback;
+  write.callback = undefined;
+  callback?.();
 }
 
 /** One attempt: waits for a pick, then runs on the picked instance's channel. */
@@ -87,8 +95,8 @@ export class PickedCall {
   #call: Call | undefined;
   /** Messages not yet handed to the instance's call (it takes one at a time). */
   readonly #writes: Write[] = [];
-  /** A message was handed over and its write has not completed. */
-  #writing = false;
+  /** The message handed over whose write has not completed. */
+  #writing: Write | undefined;
   #halfClose = false;
   #halfClosed = false;
   #readStarted = false;
@@ -211,6 +219,7 @@ export class PickedCall {
       onReceiveMessage: (m) => listener.onAttemptMessage(m, this),
       onReceiveStatus: (status) => {
         this.#done = true;
+        this.#ackAll();
         // A call that never got a stream ends with the channel's target as its peer (the
         // address of a connection otherwise): it did not reach the server.
         this.reached = status.code === grpc.status.OK || call.getPeer() !== instance.target;
@@ -229,17 +238,35 @@ export class PickedCall {
     this.#timer?.clear();
     this.#owner.unqueue(this);
     const listener = this.#listener;
-    this.#writes.length = 0;
+    this.#ackAll();
     queueMicrotask(() =>
       listener?.onAttemptStatus({ code, details, metadata: new grpc.Metadata() }, this)
     );
   }
 
-  /** Sends a message (after the ones before it have been written). */
+  /**
+   * Sends a message (after the ones before it have been written). Its callback
+   * is called once it is written, or once the attempt has ended (as grpc-js
+   * calls a write's callback after a call ended: the caller's stream can end).
+   */
   write(message: Buffer, flags: number | undefined, callback: (() => void) | undefined): void {
-    if (this.#done) return;
+    if (this.#done) {
+      if (callback) queueMicrotask(callback);
+      return;
+    }
     this.#writes.push({ message, flags, callback });
     this.#pump();
+  }
+
+  /** The attempt ended: the callbacks of the writes it will never complete are called. */
+  #ackAll(): void {
+    const pending = this.#writing ? [this.#writing, ...this.#writes] : [...this.#writes];
+    this.#writes.length = 0;
+    if (pending.some((write) => write.callback)) {
+      queueMicrotask(() => {
+        for (const write of pending) ack(write);
+      });
+    }
   }
 
   /** Hands the next message to the instance's call, once it took the one before. */
@@ -248,12 +275,12 @@ export class PickedCall {
     if (!call || this.#writing || this.#done) return;
     const next = this.#writes.shift();
     if (next) {
-      this.#writing = true;
+      this.#writing = next;
       call.sendMessageWithContext({
         flags: next.flags,
         callback: () => {
-          this.#writing = false;
-          next.callback?.();
+          if (this.#writing === next) this.#writing = undefined;
+          ack(next);
           this.#pump();
         },
       }, next.message);

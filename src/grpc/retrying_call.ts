@@ -184,6 +184,11 @@ export class RetryingCall implements Call, AttemptListener {
   #commit(): void {
     if (this.#committed) return;
     this.#committed = true;
+    if (this.#done) {
+      // Ended while waiting to retry: messages kept for the next attempt are acknowledged.
+      const callbacks = this.#kept?.flatMap((kept) => kept.callback ?? []) ?? [];
+      if (callbacks.length > 0) queueMicrotask(() => callbacks.forEach((callback) => callback()));
+    }
     this.#kept = undefined;
     this.#router.buffer.give(this.#keptBytes);
     this.#keptBytes = 0;
@@ -339,7 +344,12 @@ export class RetryingCall implements Call, AttemptListener {
   }
 
   sendMessageWithContext(context: MessageContext, message: Buffer): void {
-    if (this.#done) return;
+    if (this.#done) {
+      // grpc-js acknowledges every write, even after the status: the caller's stream can end.
+      const callback = context.callback;
+      if (callback) queueMicrotask(callback);
+      return;
+    }
     const attempt = this.#attempt;
     const running = attempt !== undefined && !attempt.ended;
     if (this.#committed) {
