@@ -505,6 +505,87 @@ Deno.test("dial: after a client-streaming call's server answered early, later wr
   }
 });
 
+/** A call's events, each awaited until the call fails (its error, whenever it came). */
+function events(call: grpc.ClientDuplexStream<Buffer, Buffer> | grpc.ClientReadableStream<Buffer>) {
+  const failed = new Promise<never>((_, reject) => call.on("error", reject));
+  failed.catch(() => {}); // awaited through next() and ended()
+  return {
+    next: <T>(event: string) =>
+      Promise.race([new Promise<T>((resolve) => call.once(event, resolve)), failed]),
+    /** The code it ended with. */
+    ended: () =>
+      Promise.race([
+        new Promise<grpc.status>((resolve) => call.once("end", () => resolve(grpc.status.OK))),
+        failed,
+      ]).catch((error: grpc.ServiceError) => error.code),
+  };
+}
+
+Deno.test("dial: a bidi caller that waits for the server's headers before it sends gets them, with a retry policy too, as on grpc-js's own channel", async () => {
+  await using etcd = memoryClient();
+  await using server = await startSession(etcd, "svc/session");
+  const clients = sessionClients(etcd, "svc/session", server.addr);
+  try {
+    const outcomes: Record<string, unknown> = {};
+    for (const [name, client] of Object.entries(clients)) {
+      const call = client.Chat(new grpc.Metadata({ waitForReady: true }), {
+        deadline: Date.now() + 3000,
+      });
+      const { next, ended } = events(call);
+      outcomes[name] = await next<grpc.Metadata>("metadata").then(async (headers) => {
+        const echo = next<Buffer>("data");
+        call.write(Buffer.from("hi"));
+        const echoed = String(await echo);
+        call.end();
+        return { session: headers.get("session")[0], echoed, end: grpc.status[await ended()] };
+      }).catch((error: grpc.ServiceError) => `${grpc.status[error.code]}: ${error.details}`);
+    }
+    const expected = { session: "s1", echoed: "hi", end: "OK" };
+    assert.deepEqual(outcomes, {
+      "dial()": expected,
+      "dial() with a retry policy": expected,
+      "grpc-js's own channel with a retry policy": expected,
+    });
+  } finally {
+    for (const client of Object.values(clients)) client.close();
+  }
+});
+
+Deno.test("dial: a subscription whose server sends its headers long before its first message gets them before the message, with a retry policy too", async () => {
+  await using etcd = memoryClient();
+  await using server = await startSession(etcd, "svc/session");
+  const clients = sessionClients(etcd, "svc/session", server.addr);
+  try {
+    const outcomes: Record<string, unknown> = {};
+    for (const [name, client] of Object.entries(clients)) {
+      const call = client.Subscribe(
+        Buffer.from("news"),
+        new grpc.Metadata({ waitForReady: true }),
+        {
+          deadline: Date.now() + 3000,
+        },
+      );
+      const { next, ended } = events(call);
+      // The server publishes nothing until the caller has seen the headers.
+      outcomes[name] = await next<grpc.Metadata>("metadata").then(async (headers) => {
+        const message = next<Buffer>("data");
+        server.publish("m1");
+        const received = String(await message);
+        call.cancel();
+        return { session: headers.get("session")[0], received, end: grpc.status[await ended()] };
+      }).catch((error: grpc.ServiceError) => `${grpc.status[error.code]}: ${error.details}`);
+    }
+    const expected = { session: "s1", received: "m1", end: "CANCELLED" };
+    assert.deepEqual(outcomes, {
+      "dial()": expected,
+      "dial() with a retry policy": expected,
+      "grpc-js's own channel with a retry policy": expected,
+    });
+  } finally {
+    for (const client of Object.values(clients)) client.close();
+  }
+});
+
 /** Which instances answer `calls` calls, and how often. */
 async function answers(greeter: GreeterClient, calls: number): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};

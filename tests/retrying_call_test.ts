@@ -9,7 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Instance } from "../src/grpc/instance.ts";
 import type { PickedCall } from "../src/grpc/picked_call.ts";
 import { RetryBuffer, RetryThrottle } from "../src/grpc/retry.ts";
-import { RetryingCall, type RetryRouter } from "../src/grpc/retrying_call.ts";
+import { HEADERS_HOLD_MS, RetryingCall, type RetryRouter } from "../src/grpc/retrying_call.ts";
 import { type MethodPolicy, NO_POLICY, parseServiceConfig } from "../src/grpc/service_config.ts";
 import { fakeTime } from "./fake_time.ts";
 
@@ -515,4 +515,54 @@ Deno.test("RetryingCall: every write's callback is called, also for writes after
     assert.equal(status?.code, grpc.status.CANCELLED);
     assert.equal(acked, true);
   });
+});
+
+Deno.test("RetryingCall: with a policy, headers are held only once the caller has half-closed; a stream's for at most HEADERS_HOLD_MS", async () => {
+  using clock = fakeTime();
+  const router = new FakeRouter("a:1", "b:1");
+  // A bidi call still sending: its headers pass at once and commit it (gRFC A6), so that a
+  // caller waiting for them before it sends is not stuck.
+  const bidi = new RetryingCall(router, policyOf(RETRY), false, [
+    "/demo.Echo/Chat",
+    Infinity,
+    undefined,
+    null,
+    0,
+  ]);
+  const seen: Seen = { metadata: [], messages: [], status: undefined };
+  bidi.start(new grpc.Metadata(), {
+    onReceiveMetadata: (m) => seen.metadata.push(m),
+    onReceiveMessage: (m) => seen.messages.push(m),
+    onReceiveStatus: (s) => seen.status = s,
+  });
+  bidi.startRead();
+  await clock.settle();
+  last(router).reached().headers({ session: "s1" });
+  assert.deepEqual(seen.metadata.map((m) => m.get("session")[0]), ["s1"]);
+  last(router).end(UNAVAILABLE, "reset after the headers");
+  assert.equal(seen.status?.details, "reset after the headers", "committed: not retried");
+  // A server stream (half-closed): held until the first message, or HEADERS_HOLD_MS.
+  const stream = startCall(router, policyOf(RETRY), { singleResponse: false });
+  await clock.settle();
+  last(router).reached().headers({ session: "s2" });
+  await clock.tick(HEADERS_HOLD_MS - 1);
+  assert.equal(stream.seen.metadata.length, 0);
+  await clock.tick(1);
+  assert.deepEqual(stream.seen.metadata.map((m) => m.get("session")[0]), ["s2"]);
+  last(router).end(UNAVAILABLE, "reset before the first message");
+  assert.equal(stream.seen.status?.details, "reset before the first message", "committed");
+  // A single response (half-closed): held until the status, however long it takes.
+  const single = startCall(router, policyOf(RETRY), { singleResponse: true });
+  await clock.settle();
+  last(router).reached().headers({ session: "s3" });
+  await clock.tick(60_000);
+  assert.equal(single.seen.metadata.length, 0);
+  last(router).end(UNAVAILABLE, "retried");
+  await clock.tick(50);
+  last(router).reached().headers({ session: "s4" });
+  last(router).message("pong");
+  last(router).end(grpc.status.OK, "OK");
+  assert.deepEqual(single.seen.metadata.map((m) => m.get("session")[0]), ["s4"]);
+  assert.deepEqual(single.seen.messages, ["pong"]);
+  assert.equal(router.waitingToRetry.size, 0);
 });

@@ -13,15 +13,18 @@
  *   the throttle.
  * - The call is committed to its attempt (no more retries) once the caller
  *   gets part of the response, or once the messages kept for replaying outgrow
- *   their limit. Without a retry policy, that is at the response headers
- *   (gRFC A6). With one, the headers are held back and passed on with the
- *   first response message, and for a method whose response is a single
- *   message (`responseStream: false`), headers and message are passed on with
- *   the status: so a call is retried until the caller sees its first response
- *   message (its status, for a single response). gRFC A6 commits at the
- *   headers, but servers on Deno's `node:http2` send the headers a few ms
- *   before the message: a server that dies in between would fail calls that
- *   the caller has seen nothing of.
+ *   their limit. Without a retry policy, or before the caller has half-closed
+ *   (a client or bidi stream still sending), that is at the response headers
+ *   (gRFC A6). With a policy, headers that come after the half-close are held
+ *   back: for a method whose response is a single message
+ *   (`responseStream: false`), headers and message are passed on with the
+ *   status, so a unary call is retried until its status; for a streamed
+ *   response, the headers are passed on with the first message, or after
+ *   {@linkcode HEADERS_HOLD_MS} without one. gRFC A6 commits at the headers,
+ *   but servers on Deno's `node:http2` send the headers a few ms before the
+ *   message: a server that dies in between would fail calls that the caller
+ *   has seen nothing of. Before the half-close, holding the headers could
+ *   deadlock a caller that waits for them before it sends.
  * - The method config's `timeout` shortens the deadline; its `waitForReady` is
  *   the default for calls that do not set their own.
  *
@@ -53,6 +56,15 @@ type MessageContext = Parameters<Call["sendMessageWithContext"]>[0];
 
 const OK = grpc.status.OK;
 
+/**
+ * How long a streamed response's headers are held back, at most, waiting for
+ * its first message (with a retry policy, once the caller has half-closed):
+ * long enough for the gap Deno's `node:http2` servers leave between the
+ * headers and the first message (30–45 ms), short enough for a stream whose
+ * server sends its headers long before its first message.
+ */
+export const HEADERS_HOLD_MS = 100;
+
 /** What a retrying call asks of its channel, besides picks. */
 export interface RetryRouter extends CallRouter {
   /** The channel is closed: no more attempts. */
@@ -82,11 +94,13 @@ let callNumbers = 0;
 export class RetryingCall implements Call, AttemptListener {
   readonly #router: RetryRouter;
   readonly #policy: MethodPolicy;
-  /** Holds the response back until the first message (see the module doc). */
+  /** May hold the response back until the first message (see the module doc). */
   readonly #holding: boolean;
   /** The response is one message: it is held back until the status, too. */
   readonly #singleResponse: boolean;
   #heldMetadata: grpc.Metadata | undefined;
+  /** Ends the hold of a stream's headers (see {@linkcode HEADERS_HOLD_MS}). */
+  #holdTimer: Timer | undefined;
   #heldMessage: unknown;
   #messageHeld = false;
   readonly #method: string;
@@ -197,8 +211,18 @@ export class RetryingCall implements Call, AttemptListener {
   onAttemptMetadata(metadata: grpc.Metadata, attempt: PickedCall): void {
     if (this.#done || attempt !== this.#attempt) return;
     if (this.#attempts > 1) metadata.set(PREVIOUS_ATTEMPTS_KEY, String(this.#attempts - 1));
-    if (this.#holding && !this.#committed) {
+    // Only once the request is complete: before, the server may wait for the caller, and the
+    // caller for the headers.
+    if (this.#holding && !this.#committed && this.#halfClosed) {
       this.#heldMetadata = metadata;
+      if (!this.#singleResponse) {
+        this.#holdTimer = later(HEADERS_HOLD_MS, () => {
+          this.#holdTimer = undefined;
+          if (this.#done || attempt !== this.#attempt) return;
+          this.#commit();
+          this.#passHeld();
+        });
+      }
       return;
     }
     this.#commit();
@@ -219,6 +243,7 @@ export class RetryingCall implements Call, AttemptListener {
 
   /** Passes on what was held back of the committed attempt's response. */
   #passHeld(): void {
+    this.#clearHoldTimer();
     const listener = this.#listener!;
     const metadata = this.#heldMetadata;
     if (metadata) {
@@ -233,8 +258,14 @@ export class RetryingCall implements Call, AttemptListener {
     }
   }
 
+  #clearHoldTimer(): void {
+    this.#holdTimer?.clear();
+    this.#holdTimer = undefined;
+  }
+
   /** Forgets what was held back of an attempt that is retried. */
   #dropHeld(): void {
+    this.#clearHoldTimer();
     this.#heldMetadata = undefined;
     this.#heldMessage = undefined;
     this.#messageHeld = false;
