@@ -854,3 +854,55 @@ Deno.test("dial: calls retried with no backoff while an instance leaves etcd and
     b.close();
   }
 });
+
+Deno.test("dial: with locality, a retry goes to a ready instance of another zone rather than back to the local one that failed", async () => {
+  await using etcd = memoryClient();
+  const service = "svc/zones";
+  let local = 0;
+  await using _a = await startGreeter(
+    etcd,
+    service,
+    "a",
+    { drainMs: 0, metadata: { zone: "z1" } },
+    {
+      onCall: () => local++,
+      failWith: () => grpc.status.UNAVAILABLE,
+    },
+  );
+  await using _b = await startGreeter(etcd, service, "b", { drainMs: 0, metadata: { zone: "z2" } });
+  const seen = reports();
+  const greeter = dial(etcd, service, Greeter, {
+    channelOptions: serviceConfig({
+      methodConfig: [{
+        name: [{ service: "helloworld.Greeter" }],
+        retryPolicy: { ...RETRY_UNAVAILABLE, initialBackoff: "0.01s" },
+      }],
+    }),
+    locality: { zone: "z1", minReady: 1 },
+    onError: seen.onError,
+  });
+  try {
+    // Until b is connected, the retries can only go back to a.
+    await until(
+      "a call answered by b",
+      10_000,
+      async () =>
+        await sayHello(greeter, { name: "x" }).then(
+          (reply) => reply.instance === "b",
+          () => false,
+        ),
+    );
+    const before = local;
+    const answers = await shares(greeter, 20);
+    console.log(
+      `20 calls with a failing in zone z1 and b ready in z2: ${JSON.stringify(answers.counts)}, ` +
+        `${local - before} attempts on a`,
+    );
+    assert.deepEqual(answers, { counts: { b: 20 }, failed: 0 });
+    // Each call's first attempt stays in the zone (a is ready there), its retry leaves it.
+    assert.equal(local - before, 20);
+    assert.deepEqual(seen.list, [], "a ready in z1: calls stay in the zone");
+  } finally {
+    greeter.close();
+  }
+});

@@ -455,13 +455,22 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
   }
 
   /**
-   * A ready instance of the picker's list that is not in `avoid`, for a retry
-   * (gRFC A6: a retry should go to another instance when it can), or none.
-   * The list was built at the last rebuild: an instance gone since (removed
-   * from etcd, its channel closed) is skipped.
+   * A ready instance not in `avoid`, for a retry (gRFC A6: a retry should go
+   * to another instance when it can), or none: one of the picker's list if it
+   * can, else one of every ready instance (with `locality`, the picker's list
+   * may hold only the local zone's). The list was built at the last rebuild:
+   * an instance gone since (removed from etcd, its channel closed) is skipped.
    */
   #another(avoid: readonly Instance[]): Instance | undefined {
-    const list = this.#chosen;
+    const chosen = this.#chosen;
+    return this.#anyOf(chosen, avoid) ??
+      (chosen.length < this.#instances.size
+        ? this.#anyOf([...this.#instances.values()], avoid)
+        : undefined);
+  }
+
+  /** A usable instance of `list` not in `avoid`, starting at a random place. */
+  #anyOf(list: readonly Instance[], avoid: readonly Instance[]): Instance | undefined {
     const start = Math.floor(this.random() * list.length);
     for (let i = 0; i < list.length; i++) {
       const candidate = list[(start + i) % list.length]!;
