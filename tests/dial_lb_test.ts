@@ -906,3 +906,33 @@ Deno.test("dial: with locality, a retry goes to a ready instance of another zone
     greeter.close();
   }
 });
+
+Deno.test("dial: an onError that throws on a note about the service config neither fails dial() nor leaves a half-built client running", async () => {
+  await using etcd = memoryClient();
+  await using _a = await startGreeter(etcd, "svc/noted", "a", { drainMs: 0 });
+  const notes: string[] = [];
+  const greeter = dial(etcd, "svc/noted", Greeter, {
+    channelOptions: serviceConfig({
+      methodConfig: [{ name: [{}], hedgingPolicy: { maxAttempts: 2 } }],
+      // A sweep timer runs from dial() on: it must be stopped by close().
+      loadBalancingConfig: [{
+        outlier_detection: {
+          failure_percentage_ejection: {},
+          child_policy: [{ round_robin: {} }],
+        },
+      }],
+    }),
+    onError: (error) => {
+      notes.push(error.message);
+      throw new Error("this handler throws");
+    },
+  });
+  try {
+    assert.deepEqual(notes, [
+      'options.channelOptions["grpc.service_config"]: methodConfig[0].hedgingPolicy is valid but dial() does not hedge: those calls are sent once',
+    ]);
+    assert.equal((await sayHello(greeter, { name: "x" }, { waitForReady: true })).instance, "a");
+  } finally {
+    greeter.close();
+  }
+});

@@ -119,6 +119,10 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
     this.#settings = settings;
     this.#hosts = client.hosts;
     this.#reports = new Reports(settings.onError);
+    // Through Reports, which ignores a handler that throws: dial() must not fail half-built.
+    for (const note of settings.serviceConfig.notes) {
+      this.#report(new Error(`options.channelOptions["grpc.service_config"]: ${note}`));
+    }
     const { retryThrottling, outlierDetection } = settings.serviceConfig;
     this.throttle = retryThrottling ? new RetryThrottle(retryThrottling) : undefined;
     this.buffer = new RetryBuffer(settings.retryBuffer.total, settings.retryBuffer.perCall);

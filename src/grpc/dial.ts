@@ -288,9 +288,6 @@ export function dial<C extends grpc.Client>(
     locality,
     singleResponse: singleResponseMethods(Ctor),
   });
-  for (const note of serviceConfig.notes) {
-    onError(new Error(`options.channelOptions["grpc.service_config"]: ${note}`));
-  }
   return new Ctor(channel.getTarget(), credentials, { channelOverride: channel });
 }
 
