@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
+import { validateRetryThrottling } from "@grpc/grpc-js/build/src/service-config.js";
 import { NO_POLICY, parseServiceConfig } from "../src/grpc/service_config.ts";
 
 const RETRY = {
@@ -201,6 +202,7 @@ const TABLE: Record<string, unknown> = {
   "retryThrottling maxTokens 2.5": { retryThrottling: { maxTokens: 2.5, tokenRatio: 0.1 } },
   "retryThrottling tokenRatio 0": { retryThrottling: { maxTokens: 10, tokenRatio: 0 } },
   "retryThrottling tokenRatio missing": { retryThrottling: { maxTokens: 10 } },
+  "retryThrottling rounding to 0": { retryThrottling: { maxTokens: 0.0004, tokenRatio: 0.0004 } },
 };
 
 Deno.test("parseServiceConfig() accepts what grpc-js 1.14 accepts, and refuses what it refuses", () => {
@@ -311,8 +313,8 @@ Deno.test("parseServiceConfig() reads retry policies, timeouts and waitForReady 
     timeoutMs: 2500,
     waitForReady: true,
   });
-  // A6: decimals beyond the third are ignored.
-  assert.deepEqual(config.retryThrottling, { maxTokens: 10, tokenRatio: 0.546 });
+  // A6 keeps three decimals: rounded, as grpc-js rounds them.
+  assert.deepEqual(config.retryThrottling, { maxTokens: 10, tokenRatio: 0.547 });
   assert.equal(config.outlierDetection, undefined);
   assert.equal(parseServiceConfig("").methodPolicy("/a/b"), NO_POLICY);
   assert.equal(parseServiceConfig(undefined).methodPolicy("/a/b"), NO_POLICY);
@@ -382,5 +384,27 @@ Deno.test("parseServiceConfig() reads outlier_detection with grpc-js's defaults,
   assert.match(
     hedged.notes[0]!,
     /methodConfig\[0\]\.hedgingPolicy is valid but dial\(\) does not hedge/,
+  );
+});
+
+Deno.test("parseServiceConfig() keeps retryThrottling's values at three decimals as grpc-js does, and notes one that is 0", () => {
+  const values = [0.0004, 0.0005, 0.0009, 0.0015, 0.5466, 1.0005, 2.5, 999.9996, 1000];
+  const ours = values.map((v) =>
+    parseServiceConfig(JSON.stringify({ retryThrottling: { maxTokens: v, tokenRatio: v } }))
+      .retryThrottling
+  );
+  // grpc-js's own parser of the service config, on the same values.
+  const theirs = values.map((v) => validateRetryThrottling({ maxTokens: v, tokenRatio: v }));
+  assert.deepEqual(ours, theirs);
+  assert.deepEqual(ours.slice(0, 3).map((t) => t?.tokenRatio), [0, 0.001, 0.001]);
+  assert.deepEqual(
+    parseServiceConfig(
+      JSON.stringify({ retryThrottling: { maxTokens: 0.0004, tokenRatio: 0.0001 } }),
+    )
+      .notes,
+    [
+      "retryThrottling.maxTokens 0.0004 is 0 at three decimals (grpc-js rounds it so too): no call is retried",
+      "retryThrottling.tokenRatio 0.0001 is 0 at three decimals (grpc-js rounds it so too): successful calls give no tokens back",
+    ],
   );
 });

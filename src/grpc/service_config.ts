@@ -354,7 +354,7 @@ function parseMethodConfig(
   return { names, policy: { retry, timeoutMs, waitForReady } };
 }
 
-function parseRetryThrottling(raw: unknown, p: Problems): RetryThrottling {
+function parseRetryThrottling(raw: unknown, p: Problems, notes: string[]): RetryThrottling {
   if (!isObject(raw)) throw p.type("retryThrottling", "an object { maxTokens, tokenRatio }", raw);
   const { maxTokens, tokenRatio } = raw;
   if (typeof maxTokens !== "number" || !(maxTokens > 0 && maxTokens <= 1000)) {
@@ -363,9 +363,21 @@ function parseRetryThrottling(raw: unknown, p: Problems): RetryThrottling {
   if (typeof tokenRatio !== "number" || !(tokenRatio > 0)) {
     throw p.range("retryThrottling.tokenRatio", "a number greater than 0", tokenRatio);
   }
-  // gRFC A6: decimals beyond the third are ignored.
-  const thousandths = (n: number) => Math.floor(n * 1000 + 1e-6) / 1000;
-  return { maxTokens: thousandths(maxTokens), tokenRatio: thousandths(tokenRatio) };
+  // gRFC A6 keeps three decimals; grpc-js rounds to them (toFixed), to 0 below 0.0005.
+  const rounded = { maxTokens: +maxTokens.toFixed(3), tokenRatio: +tokenRatio.toFixed(3) };
+  if (rounded.maxTokens === 0) {
+    notes.push(
+      `retryThrottling.maxTokens ${maxTokens} is 0 at three decimals (grpc-js rounds it so too): ` +
+        `no call is retried`,
+    );
+  }
+  if (rounded.tokenRatio === 0) {
+    notes.push(
+      `retryThrottling.tokenRatio ${tokenRatio} is 0 at three decimals (grpc-js rounds it so ` +
+        `too): successful calls give no tokens back`,
+    );
+  }
+  return rounded;
 }
 
 /** Milliseconds of a `{ seconds, nanos }` duration of outlier detection, or `fallback`. */
@@ -592,7 +604,7 @@ export function parseServiceConfig(text: unknown, options: ParseOptions = {}): S
     }
   }
   const retryThrottling = "retryThrottling" in raw
-    ? parseRetryThrottling(raw.retryThrottling, p)
+    ? parseRetryThrottling(raw.retryThrottling, p, notes)
     : undefined;
   const seen = new Set<string>();
   for (const [i, method] of methods.entries()) {
