@@ -643,6 +643,10 @@ Deno.test("dial: a bad service config, filter or locality is refused at dial() n
       { channelOptions: { "grpc-node.retry_max_attempts_limit": 0 } },
       /options\.channelOptions\["grpc-node\.retry_max_attempts_limit"\] must be a positive integer, got 0/,
     ],
+    [
+      { channelOptions: { "grpc.per_rpc_retry_buffer_size": -1 } },
+      /options\.channelOptions\["grpc\.per_rpc_retry_buffer_size"\] must be an integer of at least 0, got -1/,
+    ],
     [{ filter: "version 2" }, /options\.filter must be a function, got version 2/],
     [{ locality: { zone: 5 } }, /options\.locality\.zone must be a non-empty string, got 5/],
     [
@@ -935,4 +939,32 @@ Deno.test("dial: an onError that throws on a note about the service config neith
   } finally {
     greeter.close();
   }
+});
+
+Deno.test("dial: a retry buffer of 0 is accepted, as grpc-js accepts it: nothing is kept to replay, so calls are not retried", async () => {
+  await using etcd = memoryClient();
+  await using _a = await startGreeter(etcd, "svc/unbuffered", "a", { drainMs: 0 }, {
+    failWith: () => grpc.status.UNAVAILABLE,
+  });
+  const retrying = {
+    methodConfig: [{ name: [{ service: "helloworld.Greeter" }], retryPolicy: RETRY_UNAVAILABLE }],
+  };
+  const retriesOf = async (channelOptions: grpc.ChannelOptions) => {
+    const greeter = dial(etcd, "svc/unbuffered", Greeter, {
+      channelOptions: { ...serviceConfig(retrying), ...channelOptions },
+    });
+    try {
+      const error = await sayHello(greeter, { name: "x" }, { waitForReady: true }).then(
+        () => assert.fail("answered"),
+        (e: grpc.ServiceError) => e,
+      );
+      assert.ok(failedBy(error.details, "a"), error.details);
+      return Number(error.metadata.get("grpc-previous-rpc-attempts")[0] ?? 0);
+    } finally {
+      greeter.close();
+    }
+  };
+  assert.equal(await retriesOf({}), 2);
+  assert.equal(await retriesOf({ "grpc.per_rpc_retry_buffer_size": 0 }), 0);
+  assert.equal(await retriesOf({ "grpc.retry_buffer_size": 0 }), 0);
 });

@@ -62,7 +62,8 @@ export interface DialOptions {
    * every retry off, transparent ones too; `"grpc-node.retry_max_attempts_limit"`
    * caps `maxAttempts` (default 5); `"grpc.retry_buffer_size"` and
    * `"grpc.per_rpc_retry_buffer_size"` bound what calls keep to replay (16 MiB
-   * and 1 MiB). See docs/load_balancing.md.
+   * and 1 MiB; 0 keeps nothing, so calls are not retried). See
+   * docs/load_balancing.md.
    */
   readonly channelOptions?: grpc.ChannelOptions;
   /**
@@ -251,15 +252,17 @@ export function dial<C extends grpc.Client>(
     {};
   const serviceConfig = parseServiceConfig(serviceConfigText, {
     where: 'options.channelOptions["grpc.service_config"]',
-    maxAttemptsLimit: positiveInteger(
+    maxAttemptsLimit: integerOption(
       channelOptions,
       "grpc-node.retry_max_attempts_limit",
       DEFAULT_MAX_ATTEMPTS_LIMIT,
+      1,
     ),
   });
+  // 0 is valid, as for grpc-js: nothing is kept, every call is committed to its first attempt.
   const retryBuffer = {
-    total: positiveInteger(channelOptions, "grpc.retry_buffer_size", 1 << 24),
-    perCall: positiveInteger(channelOptions, "grpc.per_rpc_retry_buffer_size", 1 << 20),
+    total: integerOption(channelOptions, "grpc.retry_buffer_size", 1 << 24, 0),
+    perCall: integerOption(channelOptions, "grpc.per_rpc_retry_buffer_size", 1 << 20, 0),
   };
   options.signal?.throwIfAborted();
   const credentials = options.credentials ?? grpc.credentials.createInsecure();
@@ -308,18 +311,23 @@ function singleResponseMethods(Ctor: unknown): Set<string> {
 }
 
 /**
- * A channel option that must be a positive integer when given.
+ * A channel option that must be an integer of at least `min` when given.
  *
  * @throws {RangeError} naming the option and the value
  */
-function positiveInteger(options: grpc.ChannelOptions, name: string, fallback: number): number {
+function integerOption(
+  options: grpc.ChannelOptions,
+  name: string,
+  fallback: number,
+  min: 0 | 1,
+): number {
   const value = options[name];
   if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min) {
     throw new RangeError(
-      `options.channelOptions[${JSON.stringify(name)}] must be a positive integer, got ${
-        JSON.stringify(value)
-      }`,
+      `options.channelOptions[${JSON.stringify(name)}] must be ${
+        min === 1 ? "a positive integer" : "an integer of at least 0"
+      }, got ${JSON.stringify(value)}`,
     );
   }
   return value;
