@@ -120,8 +120,11 @@ function greeterAs(
       }
       const reply = () => callback(null, { message: `hello ${call.request.name}`, instance: name });
       const delay = (call.request.delay_ms ?? 0) + (behaviour.delayMs ?? 0);
-      if (delay > 0) setTimeout(reply, delay);
-      else reply();
+      if (delay > 0) {
+        // A call cancelled (by its client, or by the server's shutdown) leaves no timer behind.
+        const timer = setTimeout(reply, delay);
+        call.once("cancelled", () => clearTimeout(timer));
+      } else reply();
     },
   };
 }
