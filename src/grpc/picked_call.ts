@@ -260,6 +260,7 @@ export class PickedCall {
 
   /** The attempt ended: the callbacks of the writes it will never complete are called. */
   #ackAll(): void {
+    if (!this.#writing && this.#writes.length === 0) return;
     const pending = this.#writing ? [this.#writing, ...this.#writes] : [...this.#writes];
     this.#writes.length = 0;
     if (pending.some((write) => write.callback)) {
