@@ -6,6 +6,11 @@
  * `outlier_detection` around round robin (nothing fails, so what is measured
  * is their cost on the way of every call).
  *
+ * Each iteration runs a burst of the other client of its group first and times
+ * only its own (`b.start()`/`b.end()`): the two clients alternate burst by
+ * burst, so the servers' drift over the run (heap growth, GC, a loaded
+ * machine) weighs on both alike instead of on whichever runs last.
+ *
  *   deno task bench bench/rpc_bench.ts
  */
 import * as grpc from "@grpc/grpc-js";
@@ -89,15 +94,21 @@ Deno.bench({
   name: "baseline: grpc-js round_robin, static addresses",
   group: "640 unary calls, 64 in flight, 3 instances",
   baseline: true,
-  async fn() {
+  async fn(b) {
+    await burst(ours);
+    b.start();
     await burst(theirs);
+    b.end();
   },
 });
 Deno.bench({
   name: "dial() + roundRobin",
   group: "640 unary calls, 64 in flight, 3 instances",
-  async fn() {
+  async fn(b) {
+    await burst(theirs);
+    b.start();
     await burst(ours);
+    b.end();
   },
 });
 
@@ -105,14 +116,20 @@ Deno.bench({
   name: "baseline: grpc-js, retry policy + outlier_detection(round_robin), static addresses",
   group: "640 unary calls, 64 in flight, 3 instances, retry policy + outlier detection",
   baseline: true,
-  async fn() {
+  async fn(b) {
+    await burst(oursConfigured);
+    b.start();
     await burst(theirsConfigured);
+    b.end();
   },
 });
 Deno.bench({
   name: "dial() + roundRobin, the same service config",
   group: "640 unary calls, 64 in flight, 3 instances, retry policy + outlier detection",
-  async fn() {
+  async fn(b) {
+    await burst(theirsConfigured);
+    b.start();
     await burst(oursConfigured);
+    b.end();
   },
 });
