@@ -472,7 +472,7 @@ scenario(
       await reader.close();
     }
   },
-  // Over connectFetch() in the full run only, to keep the default run short (see FAULTS.md).
+  // Over connectFetch() in the full run only, to keep the default run short (see docs/faults.md).
   { fetchFullOnly: true },
 );
 
@@ -833,7 +833,7 @@ scenario(
       await checker.close();
     }
   },
-  // Over connectFetch() in the full run only, to keep the default run short (see FAULTS.md).
+  // Over connectFetch() in the full run only, to keep the default run short (see docs/faults.md).
   { fetchFullOnly: true },
 );
 
@@ -900,7 +900,7 @@ async function tenCutOffs(): Promise<void> {
         } (start ${(start.rss / 2 ** 20).toFixed(0)} MiB)`,
     );
     if (FULL) {
-      // The issue's criterion. Open: over 1,000 cycles this grows ~35 % (FAULTS.md).
+      // The criterion. Open on Deno 2.9.3 over connect(): docs/faults.md, "Open problem".
       assert.ok(rss < 0.10, `resident memory grew ${(rss * 100).toFixed(1)} %`);
     } else {
       // Over 40 cycles resident memory is too noisy (4–11 %); the JS heap is not.

@@ -1,6 +1,6 @@
 /**
  * Reproduces the memory that Deno's `node:http2` keeps per closed client
- * session (see FAULTS.md, scenario 10): opens and closes 300 HTTP/2 sessions
+ * session (see docs/faults.md, scenario 10): opens and closes 300 HTTP/2 sessions
  * to a private etcd and prints the JS heap growth per session after GC.
  * Deno 2.9.3: every `ClientHttp2Session` stays reachable from a global handle
  * of its native session; 2.9.4 and later release them (denoland/deno#36043).
