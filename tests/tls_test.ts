@@ -39,6 +39,7 @@ import { clientCertProblem } from "../src/etcd/tls_material.ts";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { runThroughTokenExpiry } from "./token_expiry.ts";
 import { until } from "../harness/wait.ts";
+import { openChannels } from "../harness/grpcjs.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -576,6 +577,30 @@ Deno.test("auth: a wrong password, or none, fails at once saying so; the right o
     () => connect({ hosts: etcd.endpoint, auth: { username: "", password: "x" } }),
     /options\.auth must be \{ username, password \} with a non-empty username, got \{ username: "", password: … \}/,
   );
+});
+
+Deno.test("auth: authenticating, failed or not, opens no channel of its own: closing the client closes them all", async () => {
+  await using etcd = await startSecureEtcd({ auth: true });
+  const before = new Set(openChannels().map((channel) => channel.id));
+  const ours = () => openChannels().filter((channel) => !before.has(channel.id));
+  await using wrong = connect({
+    hosts: etcd.endpoint,
+    auth: { username: "root", password: "not-the-password" },
+  });
+  // Each call authenticates again after the last attempt failed.
+  for (let i = 0; i < 20; i++) await assert.rejects(wrong.get("a"), AuthenticationError);
+  await using right = connect({
+    hosts: etcd.endpoint,
+    auth: { username: "root", password: ROOT_PASSWORD },
+  });
+  await right.put("a", "1");
+  assert.equal((await right.get("a")).kvs.length, 1);
+  const open = ours().length;
+  // etcd3 keeps one channel per service and host (KV, Auth, …), whatever the number of attempts.
+  assert.ok(open <= 6, `${open} channels open for 2 clients after 21 authentications`);
+  await wrong.close();
+  await right.close();
+  assert.deepEqual(ours(), [], "channels left open after close()");
 });
 
 Deno.test("rbac: the etcdctl commands of docs/security.md (auth on, then roles) are the ones the tests run", async () => {

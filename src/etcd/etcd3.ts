@@ -137,7 +137,9 @@ export function connect(options: ConnectOptions | Etcd3Instance): EtcdClient {
       "grpc.keepalive_permit_without_calls": 0,
     },
   });
-  if (credentials) new Etcd3Pool(etcd).useCredentials(credentials);
+  const pool = new Etcd3Pool(etcd);
+  if (credentials) pool.useCredentials(credentials);
+  if (auth) pool.authenticateOverPool();
   const tlsMode = {
     secure,
     ca: tls?.ca !== undefined,

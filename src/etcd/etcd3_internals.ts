@@ -1,15 +1,17 @@
 /**
  * Every reach into `etcd3`'s private parts, in one place to audit when
  * `etcd3` is bumped (it is pinned exactly for this reason). `etcd3` 1.1.2 keeps
- * its connection pool in `etcd.pool`: `hosts` (each with `channelCredentials`),
+ * its connection pool in `etcd.pool`: `hosts` (each with `host`,
+ * `channelCredentials`, `getServiceClient(name)` and `cachedServices`),
  * `withConnection(service, fn, hosts)`, `markFailed(host, error)`,
- * `shuffledHosts()` and `authenticator` (`credentials`, `invalidateMetadata()`);
- * and its options in `etcd.options`. {@linkcode Etcd3Pool} checks that they are
- * there and fails loudly if not.
+ * `shuffledHosts()` and `authenticator` (`credentials`, `invalidateMetadata()`,
+ * `getCredentialsFromHost(address, name, password, callOptions)`); and its
+ * options in `etcd.options`. {@linkcode Etcd3Pool} checks that they are there
+ * and fails loudly if not.
  *
  * @module
  */
-import type { Etcd3 } from "etcd3";
+import { castGrpcError, type Etcd3 } from "etcd3";
 
 /** One host of etcd3's pool. */
 export interface PoolHost {
@@ -34,9 +36,45 @@ export interface Stream {
 
 type StreamClient = Record<string, (metadata: unknown, options: object) => Stream>;
 
+/** A grpc-js client of one of etcd's services, as far as this module uses one. */
+interface ServiceClient {
+  close(): void;
+}
+
+/** etcd's Auth service client (grpc-js), as far as this module uses one. */
+interface AuthClient extends ServiceClient {
+  authenticate(
+    request: { name: string; password: string },
+    options: object,
+    callback: (error: Error | null, response?: { token: string }) => void,
+  ): unknown;
+}
+
+/** One host of etcd3's pool, with the parts used here. */
+interface Host extends PoolHost {
+  channelCredentials?: unknown;
+  /** The host's cached client of `service`, made on first use (throws once closed). */
+  getServiceClient(service: string): ServiceClient;
+  /** The clients made so far, by service. */
+  cachedServices: Record<string, ServiceClient | undefined>;
+  closed: boolean;
+}
+
+/** etcd3's authenticator, typed by the parts used here. */
+interface Authenticator {
+  credentials?: unknown;
+  invalidateMetadata?(): void;
+  getCredentialsFromHost?(
+    address: string,
+    name: string,
+    password: string,
+    callOptions: object,
+  ): Promise<string>;
+}
+
 /** etcd3's pool, typed by the parts used here. */
 interface Pool {
-  readonly hosts: readonly (PoolHost & { channelCredentials?: unknown })[];
+  readonly hosts: readonly Host[];
   withConnection<T>(
     service: string,
     fn: (connection: { resource: PoolHost; client: StreamClient; metadata: unknown }) => T,
@@ -44,7 +82,7 @@ interface Pool {
   ): Promise<T>;
   markFailed(resource: PoolHost, error: Error): void;
   shuffledHosts(): Iterator<PoolHost>;
-  readonly authenticator?: { credentials?: unknown; invalidateMetadata?(): void };
+  readonly authenticator?: Authenticator;
 }
 
 /** The hosts an `Etcd3` instance was made with (its `options.hosts`), or `["etcd3"]`. */
@@ -65,7 +103,10 @@ export class Etcd3Pool {
     const pool = (etcd as unknown as { pool?: Partial<Pool> }).pool;
     if (
       !pool || !Array.isArray(pool.hosts) || typeof pool.withConnection !== "function" ||
-      typeof pool.markFailed !== "function" || typeof pool.shuffledHosts !== "function"
+      typeof pool.markFailed !== "function" || typeof pool.shuffledHosts !== "function" ||
+      !pool.hosts.every((host) =>
+        typeof host.getServiceClient === "function" && typeof host.cachedServices === "object"
+      )
     ) {
       throw new Error(
         "grpc-etcd: this version of npm:etcd3 keeps its connection pool elsewhere; " +
@@ -132,5 +173,37 @@ export class Etcd3Pool {
     }
     for (const host of hosts) host.channelCredentials = credentials;
     authenticator.credentials = credentials;
+  }
+
+  /**
+   * Makes etcd3 authenticate over each host's own Auth client, cached with the
+   * host's other clients and closed with them. etcd3 1.1.2 makes a new grpc-js
+   * client for every authentication (the first, each token renewal, each retry
+   * while etcd is down) and never closes it: each would keep its channel and
+   * timers for good. The errors are etcd3's, as before
+   * (`EtcdAuthenticationFailedError` for a wrong password, …).
+   *
+   * @throws {Error} when this version of etcd3 authenticates some other way
+   */
+  authenticateOverPool(): void {
+    const { hosts, authenticator } = this.#pool;
+    if (typeof authenticator?.getCredentialsFromHost !== "function") {
+      throw new Error(
+        "grpc-etcd: this version of npm:etcd3 authenticates some other way; " +
+          "use the version this module pins",
+      );
+    }
+    authenticator.getCredentialsFromHost = (address, name, password, callOptions) =>
+      new Promise<string>((resolve, reject) => {
+        const host = hosts.find((host) => host.host === address);
+        if (!host) {
+          throw new Error(`grpc-etcd: etcd3 authenticates with ${address}, not one of its hosts`);
+        }
+        const client = host.getServiceClient("Auth") as AuthClient;
+        client.authenticate({ name, password }, callOptions, (error, response) => {
+          if (error) reject(castGrpcError(error));
+          else resolve(response!.token);
+        });
+      });
   }
 }
