@@ -21,6 +21,7 @@ import { freePort, startEtcd, waitForMetric } from "../harness/etcd_server.ts";
 const WATCHERS = "etcd_debugging_mvcc_watcher_total";
 import { TcpProxy } from "../harness/tcp_proxy.ts";
 import { sleep, until } from "../harness/wait.ts";
+import { openChannels } from "../harness/grpcjs.ts";
 
 /** An etcd3 client of its own, to check etcd's state independently of our adapter. */
 function raw(endpoint: string): Etcd3 & AsyncDisposable {
@@ -321,6 +322,38 @@ Deno.test("etcd: bad values are skipped and reported; Go-written values are read
     "svc/echo/huge",
   ]);
 });
+
+Deno.test({
+  name: "etcd: close() closes every grpc-js channel at once, even one still connecting",
+  // Only grpc-js's timers leak here: a grpc-js 1.14 channel closed while it connects leaves its
+  // pick_first connection-delay timer (tests/repro_grpcjs_backoff_timer.ts, third test).
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: closesConnectingChannels,
+});
+
+async function closesConnectingChannels(): Promise<void> {
+  await using etcd = await startEtcd();
+  await using proxy = await TcpProxy.start(etcd.endpoint);
+  proxy.blackhole(); // connections open, nothing answers: the channels stay connecting
+  const before = new Set(openChannels().map((channel) => channel.id));
+  const ours = () => openChannels().filter((channel) => !before.has(channel.id));
+  const client = connect({ hosts: proxy.endpoint });
+  const read = assert.rejects(client.get("a"), ClientClosedError);
+  const watch = assert.rejects(
+    client.watch("svc/", { startRevision: 1 })[Symbol.asyncIterator]().next(),
+    ClientClosedError,
+  );
+  await until(
+    "a connecting channel for the read and one for the watch",
+    5000,
+    () => ours().filter((channel) => channel.subchannels.length > 0).length === 2,
+  );
+  await client.close();
+  assert.deepEqual(ours(), [], "channels left open after close()");
+  await read;
+  await watch;
+}
 
 Deno.test("etcd: connect() wraps an existing Etcd3 without owning it", async () => {
   await using etcd = await startEtcd();

@@ -17,6 +17,12 @@
  * it keeps no process alive, and it ends by itself after the backoff; no
  * public grpc-js API stops it earlier.
  *
+ * The third fails the same way, with one more timer: a channel closed while
+ * CONNECTING (a server that accepts and never answers) also leaves its
+ * pick_first balancer's 250 ms connection-delay timer
+ * (`PickFirstLoadBalancer.startConnecting`, grpc-js
+ * `build/src/load-balancer-pick-first.js`): `destroy()` does not clear it.
+ *
  * @module
  */
 import * as grpc from "@grpc/grpc-js";
@@ -61,4 +67,17 @@ Deno.test("grpc-js: a channel closed while its connection fails leaves its subch
   const channel = new grpc.Channel(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {});
   await until(channel, grpc.connectivityState.TRANSIENT_FAILURE);
   channel.close();
+});
+
+Deno.test("grpc-js: a channel closed while its connection is being made leaves pick_first's connection-delay timer too", async () => {
+  // A server that accepts connections and never answers: the channel stays CONNECTING.
+  const sockets: import("node:net").Socket[] = [];
+  const listener = createServer((socket) => sockets.push(socket));
+  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
+  const { port } = listener.address() as { port: number };
+  const channel = new grpc.Channel(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {});
+  await until(channel, grpc.connectivityState.CONNECTING);
+  channel.close();
+  for (const socket of sockets) socket.destroy();
+  await new Promise<void>((resolve) => listener.close(() => resolve()));
 });

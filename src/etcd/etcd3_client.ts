@@ -404,7 +404,10 @@ export class Etcd3Client implements EtcdClient {
       this.#closed = true;
       // Open watches end now, not when their streams notice the closed connection.
       for (const queue of this.#watches) queue.fail(new ClientClosedError());
-      if (this.#owned) this.#etcd.close();
+      if (this.#owned) {
+        this.#pool.closeNow();
+        this.#etcd.close();
+      }
     }
     return Promise.resolve();
   }
