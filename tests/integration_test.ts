@@ -355,6 +355,20 @@ async function closesConnectingChannels(): Promise<void> {
   await watch;
 }
 
+Deno.test("etcd: closing a resolver then its client at once leaves grpc-js no connection to make after", async () => {
+  // grpc-js 1.14 hands an IP target's address to a channel in a setImmediate, even to a channel
+  // closed before it runs: that closed channel then connects and keeps the connection (and,
+  // once etcd is gone, its reconnect timers). Deno's sanitizers fail this test if it does.
+  await using etcd = await startEtcd();
+  const client = connect({ hosts: etcd.endpoint });
+  await client.put("svc/echo/10.0.0.1:1", JSON.stringify({ Addr: "10.0.0.1:1" }));
+  const it = resolve(client, "svc/echo");
+  assert.equal((await next(it)).length, 1);
+  await it[Symbol.asyncDispose]();
+  await client.close();
+  assert.deepEqual(openChannels(), [], "channels left open after close()");
+});
+
 Deno.test("etcd: connect() wraps an existing Etcd3 without owning it", async () => {
   await using etcd = await startEtcd();
   await using mine = raw(etcd.endpoint);

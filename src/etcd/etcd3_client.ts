@@ -71,6 +71,7 @@ export class Etcd3Client implements EtcdClient {
   /** The queues of open watches, failed at once by `close()`. */
   readonly #watches = new Set<Queue<WatchBatch>>();
   #closed = false;
+  #closing: Promise<void> = Promise.resolve();
 
   /**
    * @param etcd the etcd3 client
@@ -404,12 +405,11 @@ export class Etcd3Client implements EtcdClient {
       this.#closed = true;
       // Open watches end now, not when their streams notice the closed connection.
       for (const queue of this.#watches) queue.fail(new ClientClosedError());
-      if (this.#owned) {
-        this.#pool.closeNow();
-        this.#etcd.close();
-      }
+      this.#closing = this.#owned
+        ? this.#pool.closeNow().then(() => this.#etcd.close())
+        : Promise.resolve();
     }
-    return Promise.resolve();
+    return this.#closing;
   }
 
   [Symbol.asyncDispose](): Promise<void> {

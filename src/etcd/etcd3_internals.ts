@@ -12,6 +12,7 @@
  * @module
  */
 import { castGrpcError, type Etcd3 } from "etcd3";
+import { setImmediate } from "node:timers";
 
 /** One host of etcd3's pool. */
 export interface PoolHost {
@@ -208,17 +209,26 @@ export class Etcd3Pool {
   }
 
   /**
-   * Closes every grpc-js client of every host now, and marks the hosts closed
+   * Closes every grpc-js client of every host, and marks the hosts closed
    * (later calls fail with etcd3's `ClientClosedError`). etcd3's own `close()`
    * keeps a client whose channel is still connecting open for up to 1 s more
    * (so that its calls do not fail UNAVAILABLE, grpc-node issue 1487): after
    * our `close()` every call fails as closed anyway, and nothing may outlive it.
+   *
+   * The clients are closed one `setImmediate` later, once the hosts are marked
+   * closed (no new client is made): grpc-js 1.14 hands an IP target's address
+   * to a channel's balancer in a `setImmediate` even when the channel was
+   * closed meanwhile, and that closed channel then connects and keeps its
+   * connection (or, with etcd gone, its reconnect timers) for good.
+   *
+   * @returns when every client is closed
    */
-  closeNow(): void {
+  async closeNow(): Promise<void> {
+    for (const host of this.#pool.hosts) host.closed = true;
+    await new Promise<void>((resolve) => setImmediate(resolve));
     for (const host of this.#pool.hosts) {
       const clients = Object.values(host.cachedServices);
       host.cachedServices = Object.create(null);
-      host.closed = true;
       for (const client of clients) client?.close();
     }
   }
