@@ -104,52 +104,6 @@ Deno.test("grpc: a rolling restart under 100+ calls/s fails no call", async () =
   }
 });
 
-Deno.test("grpc: after SIGKILL no call goes to the dead instance within TTL + 1 s; failures are bounded", async () => {
-  await using etcd = await startEtcd();
-  const ttl = 2;
-  const servers = await spawnMany(etcd.endpoint, ["a", "b", "c"], ttl);
-  try {
-    await using client = connect({ hosts: etcd.endpoint });
-    const greeter = dial(client, SERVICE, Greeter);
-    try {
-      await untilAllAnswer(greeter, 3);
-      const workers = 4;
-      const load = new Load(greeter, { workers, pauseMs: 10 });
-      // The instance to kill takes its share of the load when it dies.
-      await until(
-        "all three answer under load",
-        5000,
-        () => ["a", "b", "c"].every((name) => load.answeredBy(name) > 0),
-      );
-      const killedAt = Date.now();
-      servers[0]!.kill("SIGKILL");
-      await servers[0]!.status;
-      await sleep((ttl + 1) * 1000 + 500);
-      await load.stop();
-      const late = load.answeredBy("a", killedAt + (ttl + 1) * 1000);
-      console.log(
-        `${load.records.length} calls, ${load.failures.length} failed:`,
-        load.failures.map((f) => f.details),
-      );
-      assert.equal(late, 0, "no call answered by the dead instance");
-      // Only calls in flight on the dead connection, or picked before it failed, may fail:
-      // at most one per worker.
-      assert.ok(load.failures.length <= workers, `${load.failures.length} failed calls`);
-      // A connection that broke under a call is UNAVAILABLE (which callers retry), never INTERNAL.
-      for (const f of load.failures) {
-        assert.equal(f.code, grpc.status.UNAVAILABLE, `failed with ${f.code}: ${f.details}`);
-      }
-      assert.ok(
-        load.answeredBy("b", killedAt + 1000) > 0 && load.answeredBy("c", killedAt + 1000) > 0,
-      );
-    } finally {
-      greeter.close();
-    }
-  } finally {
-    for (const s of servers) await s[Symbol.asyncDispose]();
-  }
-});
-
 Deno.test("grpc: a new instance receives calls within 1 s of registering", async () => {
   await using etcd = await startEtcd();
   await using client = connect({ hosts: etcd.endpoint });
@@ -497,4 +451,58 @@ Deno.test("grpc: the etcd:/// resolver restarted after idle forgets an instance 
   await until("published again", 5000, () => updates > before);
   resolver.destroy();
   assert.deepEqual(published, ["10.0.0.2:1"]);
+});
+
+// The tests below leave grpc-js's subchannel backoff timers running after they end, and each
+// timer may start one more when it fires: they run last, so that no sanitized test sees them.
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name:
+    "grpc: after SIGKILL no call goes to the dead instance within TTL + 1 s; failures are bounded",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  await using etcd = await startEtcd();
+  const ttl = 2;
+  const servers = await spawnMany(etcd.endpoint, ["a", "b", "c"], ttl);
+  try {
+    await using client = connect({ hosts: etcd.endpoint });
+    const greeter = dial(client, SERVICE, Greeter);
+    try {
+      await untilAllAnswer(greeter, 3);
+      const workers = 4;
+      const load = new Load(greeter, { workers, pauseMs: 10 });
+      // The instance to kill takes its share of the load when it dies.
+      await until(
+        "all three answer under load",
+        5000,
+        () => ["a", "b", "c"].every((name) => load.answeredBy(name) > 0),
+      );
+      const killedAt = Date.now();
+      servers[0]!.kill("SIGKILL");
+      await servers[0]!.status;
+      await sleep((ttl + 1) * 1000 + 500);
+      await load.stop();
+      const late = load.answeredBy("a", killedAt + (ttl + 1) * 1000);
+      console.log(
+        `${load.records.length} calls, ${load.failures.length} failed:`,
+        load.failures.map((f) => f.details),
+      );
+      assert.equal(late, 0, "no call answered by the dead instance");
+      // Only calls in flight on the dead connection, or picked before it failed, may fail:
+      // at most one per worker.
+      assert.ok(load.failures.length <= workers, `${load.failures.length} failed calls`);
+      // A connection that broke under a call is UNAVAILABLE (which callers retry), never INTERNAL.
+      for (const f of load.failures) {
+        assert.equal(f.code, grpc.status.UNAVAILABLE, `failed with ${f.code}: ${f.details}`);
+      }
+      assert.ok(
+        load.answeredBy("b", killedAt + 1000) > 0 && load.answeredBy("c", killedAt + 1000) > 0,
+      );
+    } finally {
+      greeter.close();
+    }
+  } finally {
+    for (const s of servers) await s[Symbol.asyncDispose]();
+  }
 });

@@ -81,190 +81,6 @@ async function assertNoAnswer(greeter: GreeterClient): Promise<void> {
   );
 }
 
-Deno.test("tls: register, resolve and dial work through an etcd that requires client certificates", async () => {
-  const pki = await makePki();
-  try {
-    await using etcd = await startTlsEtcd(pki);
-    // PEM as text for one client, as bytes for another, as file paths for the third.
-    await using a = connect({
-      hosts: etcd.endpoint,
-      tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey },
-    });
-    await using b = connect({
-      hosts: etcd.endpoint,
-      tls: { ca: bytes(pki.ca), cert: bytes(pki.clientCert), key: bytes(pki.clientKey) },
-    });
-    await using c = connect({
-      hosts: etcd.endpoint,
-      tls: { ca: `${pki.dir}/ca.crt`, cert: `${pki.dir}/client.crt`, key: `${pki.dir}/client.key` },
-    });
-    // etcd by IP address: Deno refuses an IP as TLS server name, so none is sent, and the
-    // certificate's IP SAN is checked instead.
-    await using d = connect({
-      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
-      tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey },
-    });
-    await using registration = await register(a, "tls/svc", { addr: "10.0.0.1:50051" });
-    for (const client of [b, c, d]) {
-      await using updates = resolve(client, "tls/svc");
-      const first = await updates.next();
-      assert.deepEqual(first.value, [{
-        op: "add",
-        key: registration.key,
-        endpoint: { addr: "10.0.0.1:50051" },
-      }]);
-    }
-
-    // gRPC over mutual TLS too: instances serve a certificate for the service's name.
-    const service = "greeter.test";
-    const cert = await pki.issue("greeter", [service]);
-    const clientCert = await pki.issue("caller", ["caller.test"]);
-    const instances = await Promise.all(
-      ["g1", "g2"].map((name) =>
-        startGreeter(a, service, name, {
-          bind: "127.0.0.1:0",
-          credentials: serverCredentials(pki.ca, cert),
-          drainMs: 0,
-        })
-      ),
-    );
-    try {
-      const credentials = callerCredentials(pki.ca, clientCert);
-      const greeter: GreeterClient = dial(c, service, Greeter, { credentials });
-      try {
-        const seen = new Set<string>();
-        for (let i = 0; i < 20; i++) {
-          seen.add((await sayHello(greeter, { name: "tls" }, { waitForReady: true })).instance);
-        }
-        assert.deepEqual([...seen].sort(), ["g1", "g2"]);
-      } finally {
-        greeter.close();
-      }
-      // Without a client certificate the instances refuse the caller.
-      const anonymous: GreeterClient = dial(c, service, Greeter, {
-        credentials: grpc.credentials.createSsl(Buffer.from(pki.ca)),
-        onError: () => {},
-      });
-      try {
-        await assertNoAnswer(anonymous);
-      } finally {
-        anonymous.close();
-      }
-    } finally {
-      await Promise.all(instances.map((i) => i.close()));
-    }
-  } finally {
-    await pki.close();
-  }
-});
-
-Deno.test("tls: a missing, foreign or expired client certificate, or a wrong CA, fails in bounded time saying which", async (t) => {
-  const pki = await makePki();
-  const other = await makePki();
-  const expired = await pki.issue("expired", ["localhost"], { expired: true });
-  try {
-    await using etcd = await startTlsEtcd(pki);
-    const cases: [string, { ca: string; cert?: string; key?: string }, RegExp][] = [
-      ["no client certificate", { ca: pki.ca }, /client certificate/],
-      [
-        "a client certificate from another CA",
-        { ca: pki.ca, cert: other.clientCert, key: other.clientKey },
-        /etcd rejected the client certificate: the one in tls\.cert \(CN=client\) was not issued by the CA in tls\.ca; etcd must trust its issuer/,
-      ],
-      [
-        "an expired client certificate",
-        { ca: pki.ca, cert: expired.cert, key: expired.key },
-        /etcd rejected the client certificate: the one in tls\.cert \(CN=expired\) expired on 2020-01-03T00:00:00\.000Z/,
-      ],
-      [
-        "a CA that did not sign etcd's certificate",
-        { ca: other.ca, cert: pki.clientCert, key: pki.clientKey },
-        /etcd's server certificate is not signed by the CA given in tls.ca/,
-      ],
-    ];
-    for (const [name, tls, reason] of cases) {
-      await t.step(name, async () => {
-        // A far dial timeout: a call that waited it out would fail after 30 s saying etcd did
-        // not answer, not why.
-        await using client = connect({ hosts: etcd.endpoint, tls, dialTimeout: 30_000 });
-        // One call fails without waiting out the dial timeout, saying which; register()
-        // retries until its own timeout and then says the same.
-        const first = Date.now();
-        await assert.rejects(client.getPrefix("tls/"), (e: Error) => {
-          assert.match(e.message, reason);
-          // Failed on the connection's failure, not at a deadline.
-          assert.match(e.message, /UNAVAILABLE/);
-          return true;
-        });
-        console.log(`the call failed after ${Date.now() - first} ms`);
-        const start = Date.now();
-        await assert.rejects(
-          register(client, "tls/svc", { addr: "10.0.0.1:50051" }, { timeout: 2000 }),
-          (e: Error) => {
-            assert.match(
-              e.message,
-              /could not register "tls\/svc\/10.0.0.1:50051" on etcd at https:\/\/localhost:\d+ within 2000 ms/,
-            );
-            assert.match(e.message, reason);
-            return true;
-          },
-        );
-        console.log(`register() gave up after ${Date.now() - start} ms`);
-      });
-    }
-    await t.step(
-      "unreadable or non-PEM files, half a key pair, a key not of its certificate, or a garbled certificate are refused by connect()",
-      () => {
-        assert.throws(
-          () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/missing.crt` } }),
-          /options\.tls\.ca: could not read the file ".*missing\.crt"/,
-        );
-        assert.throws(
-          () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/ca.cnf` } }),
-          /options\.tls\.ca: the file ".*ca\.cnf" is not PEM/,
-        );
-        assert.throws(
-          () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca, cert: pki.clientCert } }),
-          /options\.tls\.cert and options\.tls\.key go together, got only cert/,
-        );
-        // Content the runtime would only reject at the first handshake, if at all.
-        assert.throws(
-          () =>
-            connect({
-              hosts: etcd.endpoint,
-              tls: { ca: pki.ca, cert: pki.clientCert, key: other.clientKey },
-            }),
-          /options\.tls\.key is not the key of options\.tls\.cert \(CN=client\)/,
-        );
-        assert.throws(
-          () =>
-            connect({
-              hosts: etcd.endpoint,
-              tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientCert },
-            }),
-          /options\.tls\.key cannot be read: /,
-        );
-        const garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert.throws(
-          () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca + garbled } }),
-          /options\.tls\.ca \(certificate 2 of 2\) cannot be read: /,
-        );
-        assert.throws(
-          () => connect({ hosts: etcd.endpoint, tls: { ca: "-----BEGIN nothing" } }),
-          /options\.tls\.ca holds no PEM certificate/,
-        );
-        assert.throws(
-          () => connect({ hosts: "http://127.0.0.1:2379", tls: { ca: pki.ca } }),
-          /options\.tls needs https:\/\/ hosts/,
-        );
-      },
-    );
-  } finally {
-    await pki.close();
-    await other.close();
-  }
-});
-
 Deno.test("tls: the handshake that explains a failure without a reason says what TLS said, and nothing when etcd answers", async (t) => {
   const pki = await makePki();
   const other = await makePki();
@@ -318,125 +134,6 @@ Deno.test("tls: the handshake that explains a failure without a reason says what
   } finally {
     await pki.close();
     await other.close();
-  }
-});
-
-Deno.test("tls: an etcd host given by IP address must be named in etcd's certificate", async () => {
-  const pki = await makePki();
-  try {
-    // etcd serves a certificate for the name localhost only, not for the address 127.0.0.1.
-    const server = await pki.issue("named", ["localhost"]);
-    await using etcd = await startSecureEtcd({ pki, server });
-    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
-    await using byName = connect({ hosts: etcd.endpoint, tls });
-    assert.deepEqual((await byName.getPrefix("tls/")).kvs, []);
-    // A far dial timeout: the call fails on the certificate, without waiting it out.
-    await using byAddress = connect({
-      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
-      tls,
-      dialTimeout: 30_000,
-    });
-    const start = Date.now();
-    await assert.rejects(
-      byAddress.getPrefix("tls/"),
-      /etcd's server certificate does not name the host as given in options\.hosts: .*UNAVAILABLE.*IP: 127\.0\.0\.1 is not in the cert's list/,
-    );
-    console.log(`the call failed after ${Date.now() - start} ms`);
-    // An Etcd3 instance made by the user keeps etcd3's TLS setup, which Deno refuses for an IP
-    // address: the error says what to do.
-    const own = new Etcd3({
-      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
-      credentials: { rootCertificate: Buffer.from(pki.ca) },
-      dialTimeout: 1000,
-      defaultCallOptions: { deadline: Date.now() + 2000 },
-    });
-    try {
-      await using wrapped = connect(own);
-      await assert.rejects(
-        wrapped.getPrefix("tls/"),
-        /Deno refuses an IP address as TLS server name, which etcd3's own TLS setup sends; let connect\(\{ hosts, tls \}\) make the client/,
-      );
-    } finally {
-      own.close();
-    }
-    // https:// without tls.ca: the system's roots, which do not include the test CA.
-    await using systemRoots = connect({ hosts: etcd.endpoint, dialTimeout: 1000 });
-    await assert.rejects(
-      systemRoots.getPrefix("tls/"),
-      /etcd's server certificate is not signed by a CA this system trusts \(give etcd's CA as tls\.ca\)/,
-    );
-  } finally {
-    await pki.close();
-  }
-});
-
-Deno.test("tls: http:// to an etcd serving TLS, or https:// to one serving plain text, says so", async () => {
-  const pki = await makePki();
-  try {
-    await using secure = await startTlsEtcd(pki);
-    await using plain = await startSecureEtcd({});
-    await using http = connect({
-      hosts: secure.endpoint.replace("https://", "http://"),
-      dialTimeout: 1000,
-    });
-    await assert.rejects(
-      http.getPrefix("tls/"),
-      /etcd accepted the connection but did not answer in plain-text HTTP\/2; if it serves TLS, give https:\/\/ hosts/,
-    );
-    await using https = connect({
-      hosts: plain.endpoint.replace("http://", "https://"),
-      tls: { ca: pki.ca },
-      dialTimeout: 1000,
-    });
-    await assert.rejects(
-      https.getPrefix("tls/"),
-      /etcd closed the connection before the TLS handshake completed; if it serves plain text, give http:\/\/ hosts/,
-    );
-  } finally {
-    await pki.close();
-  }
-});
-
-Deno.test("tls: by IP address, a registration and a resolver recover over new TLS connections after a cut-off past the TTL", async () => {
-  const pki = await makePki();
-  try {
-    await using etcd = await startTlsEtcd(pki);
-    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
-    // The proxy forwards the TLS bytes untouched: the client handshakes with etcd through it.
-    await using proxy = await TcpProxy.start(
-      etcd.endpoint.replace("https://localhost", "127.0.0.1"),
-    );
-    await using cutOff = connect({
-      hosts: proxy.endpoint.replace("http://", "https://"),
-      tls,
-      dialTimeout: 1000,
-    });
-    await using observer = connect({ hosts: etcd.endpoint, tls });
-    await using reg = await register(cutOff, "tls/svc", { addr: "10.0.0.1:1" }, {
-      ttl: 2,
-      onError: () => {},
-    });
-    const seen: string[] = [];
-    await using updates = resolve(cutOff, "tls/other", { onError: () => {} });
-    const read = (async () => {
-      for await (const batch of updates) for (const u of batch) seen.push(`${u.op} ${u.key}`);
-    })();
-    await proxy.cut();
-    await observer.put("tls/other/1", JSON.stringify({ Op: 0, Addr: "10.0.0.2:1" }));
-    await until(
-      "the lease expiring",
-      10_000,
-      async () => (await observer.get(reg.key)).kvs.length === 0,
-    );
-    proxy.restore();
-    await until("the key back", 10_000, async () => (await observer.get(reg.key)).kvs.length === 1);
-    await until("the resolver catching up", 10_000, () => seen.length === 1);
-    assert.deepEqual(seen, ["add tls/other/1"]);
-    await until("the registration's own view", 5000, () => reg.state === "registered");
-    await updates.return();
-    await read;
-  } finally {
-    await pki.close();
   }
 });
 
@@ -692,7 +389,345 @@ Deno.test("auth: with 3 s JWT tokens, a registration and a resolver run 25 s thr
   await runThroughTokenExpiry(etcd, 25, connect);
 });
 
-Deno.test("tls: a rogue entry pointing at a server with a certificate for another name gets no calls, and dial says why", async () => {
+// The tests below leave grpc-js's subchannel backoff timers running after they end, and each
+// timer may start one more when it fires: they run last, so that no sanitized test sees them.
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name: "tls: register, resolve and dial work through an etcd that requires client certificates",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const pki = await makePki();
+  try {
+    await using etcd = await startTlsEtcd(pki);
+    // PEM as text for one client, as bytes for another, as file paths for the third.
+    await using a = connect({
+      hosts: etcd.endpoint,
+      tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey },
+    });
+    await using b = connect({
+      hosts: etcd.endpoint,
+      tls: { ca: bytes(pki.ca), cert: bytes(pki.clientCert), key: bytes(pki.clientKey) },
+    });
+    await using c = connect({
+      hosts: etcd.endpoint,
+      tls: { ca: `${pki.dir}/ca.crt`, cert: `${pki.dir}/client.crt`, key: `${pki.dir}/client.key` },
+    });
+    // etcd by IP address: Deno refuses an IP as TLS server name, so none is sent, and the
+    // certificate's IP SAN is checked instead.
+    await using d = connect({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey },
+    });
+    await using registration = await register(a, "tls/svc", { addr: "10.0.0.1:50051" });
+    for (const client of [b, c, d]) {
+      await using updates = resolve(client, "tls/svc");
+      const first = await updates.next();
+      assert.deepEqual(first.value, [{
+        op: "add",
+        key: registration.key,
+        endpoint: { addr: "10.0.0.1:50051" },
+      }]);
+    }
+
+    // gRPC over mutual TLS too: instances serve a certificate for the service's name.
+    const service = "greeter.test";
+    const cert = await pki.issue("greeter", [service]);
+    const clientCert = await pki.issue("caller", ["caller.test"]);
+    const instances = await Promise.all(
+      ["g1", "g2"].map((name) =>
+        startGreeter(a, service, name, {
+          bind: "127.0.0.1:0",
+          credentials: serverCredentials(pki.ca, cert),
+          drainMs: 0,
+        })
+      ),
+    );
+    try {
+      const credentials = callerCredentials(pki.ca, clientCert);
+      const greeter: GreeterClient = dial(c, service, Greeter, { credentials });
+      try {
+        const seen = new Set<string>();
+        for (let i = 0; i < 20; i++) {
+          seen.add((await sayHello(greeter, { name: "tls" }, { waitForReady: true })).instance);
+        }
+        assert.deepEqual([...seen].sort(), ["g1", "g2"]);
+      } finally {
+        greeter.close();
+      }
+      // Without a client certificate the instances refuse the caller.
+      const anonymous: GreeterClient = dial(c, service, Greeter, {
+        credentials: grpc.credentials.createSsl(Buffer.from(pki.ca)),
+        onError: () => {},
+      });
+      try {
+        await assertNoAnswer(anonymous);
+      } finally {
+        anonymous.close();
+      }
+    } finally {
+      await Promise.all(instances.map((i) => i.close()));
+    }
+  } finally {
+    await pki.close();
+  }
+});
+
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name:
+    "tls: a missing, foreign or expired client certificate, or a wrong CA, fails in bounded time saying which",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async (t) => {
+  const pki = await makePki();
+  const other = await makePki();
+  const expired = await pki.issue("expired", ["localhost"], { expired: true });
+  try {
+    await using etcd = await startTlsEtcd(pki);
+    const cases: [string, { ca: string; cert?: string; key?: string }, RegExp][] = [
+      ["no client certificate", { ca: pki.ca }, /client certificate/],
+      [
+        "a client certificate from another CA",
+        { ca: pki.ca, cert: other.clientCert, key: other.clientKey },
+        /etcd rejected the client certificate: the one in tls\.cert \(CN=client\) was not issued by the CA in tls\.ca; etcd must trust its issuer/,
+      ],
+      [
+        "an expired client certificate",
+        { ca: pki.ca, cert: expired.cert, key: expired.key },
+        /etcd rejected the client certificate: the one in tls\.cert \(CN=expired\) expired on 2020-01-03T00:00:00\.000Z/,
+      ],
+      [
+        "a CA that did not sign etcd's certificate",
+        { ca: other.ca, cert: pki.clientCert, key: pki.clientKey },
+        /etcd's server certificate is not signed by the CA given in tls.ca/,
+      ],
+    ];
+    for (const [name, tls, reason] of cases) {
+      await t.step(name, async () => {
+        // A far dial timeout: a call that waited it out would fail after 30 s saying etcd did
+        // not answer, not why.
+        await using client = connect({ hosts: etcd.endpoint, tls, dialTimeout: 30_000 });
+        // One call fails without waiting out the dial timeout, saying which; register()
+        // retries until its own timeout and then says the same.
+        const first = Date.now();
+        await assert.rejects(client.getPrefix("tls/"), (e: Error) => {
+          assert.match(e.message, reason);
+          // Failed on the connection's failure, not at a deadline.
+          assert.match(e.message, /UNAVAILABLE/);
+          return true;
+        });
+        console.log(`the call failed after ${Date.now() - first} ms`);
+        const start = Date.now();
+        await assert.rejects(
+          register(client, "tls/svc", { addr: "10.0.0.1:50051" }, { timeout: 2000 }),
+          (e: Error) => {
+            assert.match(
+              e.message,
+              /could not register "tls\/svc\/10.0.0.1:50051" on etcd at https:\/\/localhost:\d+ within 2000 ms/,
+            );
+            assert.match(e.message, reason);
+            return true;
+          },
+        );
+        console.log(`register() gave up after ${Date.now() - start} ms`);
+      });
+    }
+    await t.step(
+      "unreadable or non-PEM files, half a key pair, a key not of its certificate, or a garbled certificate are refused by connect()",
+      () => {
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/missing.crt` } }),
+          /options\.tls\.ca: could not read the file ".*missing\.crt"/,
+        );
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: `${pki.dir}/ca.cnf` } }),
+          /options\.tls\.ca: the file ".*ca\.cnf" is not PEM/,
+        );
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca, cert: pki.clientCert } }),
+          /options\.tls\.cert and options\.tls\.key go together, got only cert/,
+        );
+        // Content the runtime would only reject at the first handshake, if at all.
+        assert.throws(
+          () =>
+            connect({
+              hosts: etcd.endpoint,
+              tls: { ca: pki.ca, cert: pki.clientCert, key: other.clientKey },
+            }),
+          /options\.tls\.key is not the key of options\.tls\.cert \(CN=client\)/,
+        );
+        assert.throws(
+          () =>
+            connect({
+              hosts: etcd.endpoint,
+              tls: { ca: pki.ca, cert: pki.clientCert, key: pki.clientCert },
+            }),
+          /options\.tls\.key cannot be read: /,
+        );
+        const garbled = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: pki.ca + garbled } }),
+          /options\.tls\.ca \(certificate 2 of 2\) cannot be read: /,
+        );
+        assert.throws(
+          () => connect({ hosts: etcd.endpoint, tls: { ca: "-----BEGIN nothing" } }),
+          /options\.tls\.ca holds no PEM certificate/,
+        );
+        assert.throws(
+          () => connect({ hosts: "http://127.0.0.1:2379", tls: { ca: pki.ca } }),
+          /options\.tls needs https:\/\/ hosts/,
+        );
+      },
+    );
+  } finally {
+    await pki.close();
+    await other.close();
+  }
+});
+
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name: "tls: an etcd host given by IP address must be named in etcd's certificate",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const pki = await makePki();
+  try {
+    // etcd serves a certificate for the name localhost only, not for the address 127.0.0.1.
+    const server = await pki.issue("named", ["localhost"]);
+    await using etcd = await startSecureEtcd({ pki, server });
+    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
+    await using byName = connect({ hosts: etcd.endpoint, tls });
+    assert.deepEqual((await byName.getPrefix("tls/")).kvs, []);
+    // A far dial timeout: the call fails on the certificate, without waiting it out.
+    await using byAddress = connect({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      tls,
+      dialTimeout: 30_000,
+    });
+    const start = Date.now();
+    await assert.rejects(
+      byAddress.getPrefix("tls/"),
+      /etcd's server certificate does not name the host as given in options\.hosts: .*UNAVAILABLE.*IP: 127\.0\.0\.1 is not in the cert's list/,
+    );
+    console.log(`the call failed after ${Date.now() - start} ms`);
+    // An Etcd3 instance made by the user keeps etcd3's TLS setup, which Deno refuses for an IP
+    // address: the error says what to do.
+    const own = new Etcd3({
+      hosts: etcd.endpoint.replace("localhost", "127.0.0.1"),
+      credentials: { rootCertificate: Buffer.from(pki.ca) },
+      dialTimeout: 1000,
+      defaultCallOptions: { deadline: Date.now() + 2000 },
+    });
+    try {
+      await using wrapped = connect(own);
+      await assert.rejects(
+        wrapped.getPrefix("tls/"),
+        /Deno refuses an IP address as TLS server name, which etcd3's own TLS setup sends; let connect\(\{ hosts, tls \}\) make the client/,
+      );
+    } finally {
+      own.close();
+    }
+    // https:// without tls.ca: the system's roots, which do not include the test CA.
+    await using systemRoots = connect({ hosts: etcd.endpoint, dialTimeout: 1000 });
+    await assert.rejects(
+      systemRoots.getPrefix("tls/"),
+      /etcd's server certificate is not signed by a CA this system trusts \(give etcd's CA as tls\.ca\)/,
+    );
+  } finally {
+    await pki.close();
+  }
+});
+
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name: "tls: http:// to an etcd serving TLS, or https:// to one serving plain text, says so",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const pki = await makePki();
+  try {
+    await using secure = await startTlsEtcd(pki);
+    await using plain = await startSecureEtcd({});
+    await using http = connect({
+      hosts: secure.endpoint.replace("https://", "http://"),
+      dialTimeout: 1000,
+    });
+    await assert.rejects(
+      http.getPrefix("tls/"),
+      /etcd accepted the connection but did not answer in plain-text HTTP\/2; if it serves TLS, give https:\/\/ hosts/,
+    );
+    await using https = connect({
+      hosts: plain.endpoint.replace("http://", "https://"),
+      tls: { ca: pki.ca },
+      dialTimeout: 1000,
+    });
+    await assert.rejects(
+      https.getPrefix("tls/"),
+      /etcd closed the connection before the TLS handshake completed; if it serves plain text, give http:\/\/ hosts/,
+    );
+  } finally {
+    await pki.close();
+  }
+});
+
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name:
+    "tls: by IP address, a registration and a resolver recover over new TLS connections after a cut-off past the TTL",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const pki = await makePki();
+  try {
+    await using etcd = await startTlsEtcd(pki);
+    const tls = { ca: pki.ca, cert: pki.clientCert, key: pki.clientKey };
+    // The proxy forwards the TLS bytes untouched: the client handshakes with etcd through it.
+    await using proxy = await TcpProxy.start(
+      etcd.endpoint.replace("https://localhost", "127.0.0.1"),
+    );
+    await using cutOff = connect({
+      hosts: proxy.endpoint.replace("http://", "https://"),
+      tls,
+      dialTimeout: 1000,
+    });
+    await using observer = connect({ hosts: etcd.endpoint, tls });
+    await using reg = await register(cutOff, "tls/svc", { addr: "10.0.0.1:1" }, {
+      ttl: 2,
+      onError: () => {},
+    });
+    const seen: string[] = [];
+    await using updates = resolve(cutOff, "tls/other", { onError: () => {} });
+    const read = (async () => {
+      for await (const batch of updates) for (const u of batch) seen.push(`${u.op} ${u.key}`);
+    })();
+    await proxy.cut();
+    await observer.put("tls/other/1", JSON.stringify({ Op: 0, Addr: "10.0.0.2:1" }));
+    await until(
+      "the lease expiring",
+      10_000,
+      async () => (await observer.get(reg.key)).kvs.length === 0,
+    );
+    proxy.restore();
+    await until("the key back", 10_000, async () => (await observer.get(reg.key)).kvs.length === 1);
+    await until("the resolver catching up", 10_000, () => seen.length === 1);
+    assert.deepEqual(seen, ["add tls/other/1"]);
+    await until("the registration's own view", 5000, () => reg.state === "registered");
+    await updates.return();
+    await read;
+  } finally {
+    await pki.close();
+  }
+});
+
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name:
+    "tls: a rogue entry pointing at a server with a certificate for another name gets no calls, and dial says why",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
   const pki = await makePki();
   try {
     await using etcd = await startSecureEtcd({});
@@ -762,7 +797,13 @@ Deno.test("tls: a rogue entry pointing at a server with a certificate for anothe
   }
 });
 
-Deno.test("tls: with registerEtcdResolver, grpc-js's own channel checks the name given in its options", async () => {
+// grpc-js leaves its subchannel backoff timer after closing a channel whose connection failed (tests/repro_grpcjs_backoff_timer.ts)
+Deno.test({
+  name:
+    "tls: with registerEtcdResolver, grpc-js's own channel checks the name given in its options",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
   const pki = await makePki();
   try {
     await using etcd = await startSecureEtcd({});
