@@ -986,7 +986,7 @@ Deno.test({
         `${load.failures.length} failed by a`,
     );
     // Every call settled (stop() waited for each), with b's answer or a's failure.
-    for (const f of load.failures) assert.ok(failedBy(f.details, "a"), f.details);
+    for (const f of load.failures) assert.ok(failedBy(f.details, "a"), String(f.details));
     assert.ok(answered > 30 * 5, `${answered} answered`);
   } finally {
     await stopLoads();
