@@ -31,6 +31,7 @@ import { freePort, startEtcd } from "../harness/etcd_server.ts";
 import { untilAllAnswer } from "../harness/load.ts";
 import { withOverrides } from "./overrides.ts";
 import { sleep, until } from "../harness/wait.ts";
+import { openChannels } from "../harness/grpcjs.ts";
 
 const SERVICE = "svc/dialed";
 
@@ -158,6 +159,40 @@ Deno.test("dial: getPeer names the instance a call ran on", async () => {
     assert.equal(call.getPeer(), a.addr);
   } finally {
     greeter.close();
+  }
+});
+
+Deno.test("dial: each instance's channel has a subchannel pool of its own, so closing n instances is O(n), not O(n²)", async () => {
+  // grpc-js's global pool makes every channel's close() walk every subchannel of the process
+  // (bench/dial_startup_bench.ts: closing 10,000 instances blocked the event loop for over a
+  // minute). Two dial() clients of one service would share their instances' subchannels there.
+  await using etcd = await startEtcd();
+  await using client = connect({ hosts: etcd.endpoint });
+  await using a = await startGreeter(client, SERVICE, "a", { drainMs: 0 });
+  const before = new Set(openChannels().map((channel) => channel.id));
+  const first = dial(client, SERVICE, Greeter);
+  const second = dial(client, SERVICE, Greeter);
+  try {
+    await untilAllAnswer(first, 1);
+    await untilAllAnswer(second, 1);
+    const toA = () =>
+      openChannels().filter((channel) =>
+        !before.has(channel.id) && channel.target.includes(a.addr)
+      );
+    await until(
+      "both clients' channels to a have a subchannel",
+      5000,
+      () => toA().length === 2 && toA().every((channel) => channel.subchannels.length > 0),
+    );
+    const [one, two] = toA();
+    assert.deepEqual(
+      one!.subchannels.filter((id) => two!.subchannels.includes(id)),
+      [],
+      "the two clients' channels to a share a subchannel",
+    );
+  } finally {
+    first.close();
+    second.close();
   }
 });
 
