@@ -1,8 +1,9 @@
 /**
- * Draws the distribution of put → seen latency, `resolve()` against a raw
- * `etcd3` prefix watcher, as cumulative curves in an SVG file. Both are measured
- * in the same run on a real etcd started here, alternating one sample of each
- * so that both see the same conditions.
+ * Draws the distribution of put → seen latency, `resolve()` over `connect()`
+ * and over `connectFetch()` against a raw `etcd3` prefix watcher, as cumulative
+ * curves in an SVG file. All three are measured in the same run on a real etcd
+ * started here, alternating one sample of each so that all see the same
+ * conditions.
  *
  *   deno task bench:chart            # writes bench/watch_latency.svg
  *   deno task bench:chart 5000 out.svg
@@ -11,6 +12,7 @@
  */
 import { Etcd3 } from "etcd3";
 import { connect, encodeEndpoint, resolve } from "../mod.ts";
+import { connectFetch } from "../fetch.ts";
 import { startEtcd } from "../harness/etcd_server.ts";
 
 /** One curve: a name, a colour and its samples in milliseconds. */
@@ -106,14 +108,17 @@ if (import.meta.main) {
   await using server = await startEtcd();
   const raw = new Etcd3({ hosts: server.endpoint });
   await using reader = connect({ hosts: server.endpoint });
+  await using fetchReader = connectFetch({ hosts: server.endpoint });
   try {
     let rawSeen: (() => void) | undefined;
     const watcher = await raw.watch().prefix("chart/raw/").create();
     watcher.on("put", () => rawSeen?.());
     const updates = resolve(reader, "chart/ours", { onError: () => {} });
     await updates.next();
+    const overFetch = resolve(fetchReader, "chart/fetch", { onError: () => {} });
+    await overFetch.next();
     const value = encodeEndpoint({ addr: "10.0.0.1:50051" });
-    const rawMs: number[] = [], oursMs: number[] = [];
+    const rawMs: number[] = [], oursMs: number[] = [], fetchMs: number[] = [];
     // 100 unmeasured rounds warm both paths up.
     for (let i = -100; i < count; i++) {
       const seen = new Promise<void>((r) => (rawSeen = r));
@@ -125,22 +130,33 @@ if (import.meta.main) {
       await raw.put(`chart/ours/${i % 100}`).value(value);
       await updates.next();
       if (i >= 0) oursMs.push(performance.now() - start);
+      start = performance.now();
+      await raw.put(`chart/fetch/${i % 100}`).value(value);
+      await overFetch.next();
+      if (i >= 0) fetchMs.push(performance.now() - start);
     }
     await updates.return();
+    await overFetch.return();
     await watcher.cancel();
     const ours: Series = { name: "resolve()", color: "#d62728", samples: oursMs };
+    const overHttp: Series = {
+      name: "resolve() over connectFetch()",
+      color: "#2ca02c",
+      samples: fetchMs,
+    };
     const base: Series = { name: "raw etcd3 watcher", color: "#1f77b4", samples: rawMs };
     await Deno.writeTextFile(
       file,
-      cdfSvg([base, ours], `put → seen on one local etcd, ${count} samples each`),
+      cdfSvg([base, ours, overHttp], `put → seen on one local etcd, ${count} samples each`),
     );
-    const sortedRaw = rawMs.sort((a, b) => a - b), sortedOurs = oursMs.sort((a, b) => a - b);
+    const sorted = (ms: number[]) => ms.sort((a, b) => a - b);
+    const [sortedRaw, sortedOurs, sortedFetch] = [sorted(rawMs), sorted(oursMs), sorted(fetchMs)];
     for (const q of [0.5, 0.9, 0.99]) {
-      const a = quantile(sortedRaw, q), b = quantile(sortedOurs, q);
+      const a = quantile(sortedRaw, q), b = quantile(sortedOurs, q), c = quantile(sortedFetch, q);
       console.log(
-        `p${q * 100}: raw ${a.toFixed(3)} ms, resolve() ${b.toFixed(3)} ms, ratio ${
+        `p${q * 100}: raw ${a.toFixed(3)} ms, resolve() ${b.toFixed(3)} ms (${
           (b / a).toFixed(2)
-        }x`,
+        }x), over connectFetch() ${c.toFixed(3)} ms (${(c / a).toFixed(2)}x)`,
       );
     }
     console.log(`wrote ${file}`);
