@@ -22,13 +22,12 @@ import {
   runInGroup,
 } from "../scripts/runtimes.ts";
 
-const DOCS = `${ROOT}docs/runtimes.md`;
-const FETCH_DOCS = `${ROOT}docs/fetch.md`;
+const README = `${ROOT}README.md`;
 
 /** The tour scripts: file name, the document holding it, and the code block's info string. */
 const TOURS = [
-  { file: "tour.mjs", doc: DOCS, info: "js ignore tour.mjs" },
-  { file: "tour-fetch.mjs", doc: FETCH_DOCS, info: "js ignore tour-fetch.mjs" },
+  { file: "tour.mjs", doc: README, info: "js ignore tour.mjs" },
+  { file: "tour-fetch.mjs", doc: README, info: "js ignore tour-fetch.mjs" },
 ] as const;
 
 /** The binary and the arguments that run a scenario runner, and its working directory. */
@@ -47,8 +46,8 @@ interface Runtime {
   tour(file: string): Promise<string>;
 }
 
-/** The code block of `doc` (default docs/runtimes.md) whose info string is `info`. */
-async function docBlock(info: string, doc: string = DOCS): Promise<string> {
+/** The code block of `doc` (default the README) whose info string is `info`. */
+async function docBlock(info: string, doc: string = README): Promise<string> {
   const text = await Deno.readTextFile(doc);
   const start = text.indexOf("```" + info + "\n");
   assert.ok(start >= 0, `${doc.slice(ROOT.length)} has no \`\`\`${info} block`);
