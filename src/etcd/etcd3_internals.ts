@@ -201,7 +201,7 @@ export class Etcd3Pool {
           throw new Error(`grpc-etcd: etcd3 authenticates with ${address}, not one of its hosts`);
         }
         const client = host.getServiceClient("Auth") as AuthClient;
-        client.authenticate({ name, password }, callOptions, (error, response) => {
+        client.authenticate({ name, password }, callOptions ?? {}, (error, response) => {
           if (error) reject(castGrpcError(error));
           else resolve(response!.token);
         });
@@ -213,7 +213,10 @@ export class Etcd3Pool {
    * (later calls fail with etcd3's `ClientClosedError`). etcd3's own `close()`
    * keeps a client whose channel is still connecting open for up to 1 s more
    * (so that its calls do not fail UNAVAILABLE, grpc-node issue 1487): after
-   * our `close()` every call fails as closed anyway, and nothing may outlive it.
+   * our `close()` every call fails as closed anyway. Two things still outlive
+   * it: a call already running on a connection settles at its own deadline
+   * (grpc-js cancels only queued calls), and a client etcd3 set aside after a
+   * recoverable error closes itself within 1 s (etcd3's `resetAllServices`).
    *
    * The clients are closed one `setImmediate` later, once the hosts are marked
    * closed (no new client is made): grpc-js 1.14 hands an IP target's address
