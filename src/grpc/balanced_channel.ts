@@ -87,7 +87,6 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
   #pickerError: Error | undefined;
   /** The instances the picker was built over. */
   #chosen: readonly Instance[] = [];
-  #ready = 0;
   /** Calls waiting to retry, ended by `close()`. */
   readonly #backingOff = new Set<RetryingCall>();
   readonly #detector: OutlierDetector | undefined;
@@ -319,12 +318,11 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
 
   #rebuild(): void {
     if (this.#closed) return;
-    let ready: readonly Instance[] = [];
     const all: Instance[] = [];
     for (const instance of this.#instances.values()) {
       if (instance.effectiveState() === READY) all.push(instance);
     }
-    ready = all;
+    let ready: readonly Instance[] = all;
     const locality = this.#settings.locality;
     if (locality && all.length > 0) {
       const choice = preferZone(all, this.#instances.values(), locality);
@@ -351,7 +349,6 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
         this.#local = choice.local;
       }
     }
-    this.#ready = ready.length;
     this.#chosen = ready;
     try {
       this.#picker = this.#settings.balancer(ready.map((instance) => instance.endpoint), {
@@ -412,7 +409,7 @@ export class BalancedChannel implements grpc.ChannelInterface, RetryRouter {
       call.fail(grpc.status.INTERNAL, `grpc-etcd: ${this.#pickerError.message}`);
       return;
     }
-    if (this.#ready > 0) {
+    if (this.#chosen.length > 0) {
       const endpoint = this.#picker(call.info);
       let instance = endpoint && this.#instanceOf(endpoint);
       const avoid = call.avoid;

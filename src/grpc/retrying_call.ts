@@ -332,15 +332,19 @@ export class RetryingCall implements Call, AttemptListener {
     });
   }
 
+  /** Stops waiting to retry, if the call was. */
+  #stopWaiting(): void {
+    if (!this.#timer) return;
+    this.#timer.clear();
+    this.#timer = undefined;
+    this.#router.backingOff(this, false);
+  }
+
   /** Passes the final status on (at most once) and lets go of everything. */
   #finish(status: grpc.StatusObject): void {
     if (this.#done) return;
     this.#done = true;
-    if (this.#timer) {
-      this.#timer.clear();
-      this.#timer = undefined;
-      this.#router.backingOff(this, false);
-    }
+    this.#stopWaiting();
     this.#commit();
     this.#passHeld();
     if (this.#attempts > 1) status.metadata.set(PREVIOUS_ATTEMPTS_KEY, String(this.#attempts - 1));
@@ -355,11 +359,7 @@ export class RetryingCall implements Call, AttemptListener {
     // Not from inside the caller's cancel(): as grpc-js does, the status comes a moment later.
     const status = { code, details, metadata: new grpc.Metadata() };
     this.#done = true;
-    if (this.#timer) {
-      this.#timer.clear();
-      this.#timer = undefined;
-      this.#router.backingOff(this, false);
-    }
+    this.#stopWaiting();
     this.#commit();
     this.#dropHeld();
     queueMicrotask(() => this.#listener?.onReceiveStatus(status));
